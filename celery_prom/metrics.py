@@ -1,0 +1,216 @@
+"""The metric catalogue: every family celery-prom exposes, with its type, help and labels.
+
+Names are a public contract (dashboards, alert rules and other people's scripts use them);
+the README's metric reference is generated from this module and tested to match it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class MetricType(str, Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+class Source(str, Enum):
+    """Which endpoint serves a family."""
+
+    WORKER = "worker"
+    EXPORTER = "exporter"
+    BOTH = "worker, exporter"
+    PRODUCER = "producer"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    type: MetricType
+    help: str
+    labels: tuple[str, ...]
+    source: Source
+    unit: str = ""
+
+    @property
+    def openmetrics_name(self) -> str:
+        """OpenMetrics names a counter family without its ``_total`` suffix."""
+        if self.type is MetricType.COUNTER and self.name.endswith("_total"):
+            return self.name[: -len("_total")]
+        return self.name
+
+
+TASK_LABELS = ("name", "hostname", "queue_name")
+
+# Bucket bounds in seconds. Tasks range from milliseconds to an hour, so the buckets
+# span that range; both are configurable (see config.py).
+DEFAULT_RUNTIME_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+DEFAULT_QUEUE_WAIT_BUCKETS: tuple[float, ...] = DEFAULT_RUNTIME_BUCKETS
+
+TASK_RECEIVED = Family(
+    "celery_task_received_total",
+    MetricType.COUNTER,
+    "Task messages a worker received (one per delivery, retries included).",
+    TASK_LABELS,
+    Source.BOTH,
+)
+TASK_STARTED = Family(
+    "celery_task_started_total",
+    MetricType.COUNTER,
+    "Task executions a worker started.",
+    TASK_LABELS,
+    Source.BOTH,
+)
+TASK_SUCCEEDED = Family(
+    "celery_task_succeeded_total",
+    MetricType.COUNTER,
+    "Task executions that returned successfully.",
+    TASK_LABELS,
+    Source.BOTH,
+)
+TASK_FAILED = Family(
+    "celery_task_failed_total",
+    MetricType.COUNTER,
+    "Task executions that failed, by exception class name.",
+    (*TASK_LABELS, "exception"),
+    Source.BOTH,
+)
+TASK_RETRIED = Family(
+    "celery_task_retried_total",
+    MetricType.COUNTER,
+    "Task executions that ended by scheduling a retry.",
+    TASK_LABELS,
+    Source.BOTH,
+)
+TASK_REVOKED = Family(
+    "celery_task_revoked_total",
+    MetricType.COUNTER,
+    "Tasks revoked, terminated or expired before they could finish.",
+    TASK_LABELS,
+    Source.BOTH,
+)
+TASK_REJECTED = Family(
+    "celery_task_rejected_total",
+    MetricType.COUNTER,
+    "Task messages rejected by a worker (requeued or dead-lettered).",
+    TASK_LABELS,
+    Source.BOTH,
+)
+TASK_RUNTIME = Family(
+    "celery_task_runtime_seconds",
+    MetricType.HISTOGRAM,
+    "Run time of successful task executions.",
+    TASK_LABELS,
+    Source.BOTH,
+    unit="seconds",
+)
+TASK_QUEUE_WAIT = Family(
+    "celery_task_queue_wait_seconds",
+    MetricType.HISTOGRAM,
+    "Time from publish (or from the ETA, if later) until a worker started the task.",
+    TASK_LABELS,
+    Source.BOTH,
+    unit="seconds",
+)
+
+#: Families whose series are kept in the task store, in exposition order.
+TASK_COUNTERS: tuple[Family, ...] = (
+    TASK_RECEIVED,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+    TASK_RETRIED,
+    TASK_REVOKED,
+    TASK_REJECTED,
+)
+TASK_HISTOGRAMS: tuple[Family, ...] = (TASK_RUNTIME, TASK_QUEUE_WAIT)
+
+WORKER_TASKS_ACTIVE = Family(
+    "celery_worker_tasks_active",
+    MetricType.GAUGE,
+    "Tasks the worker is executing right now.",
+    ("hostname",),
+    Source.BOTH,
+)
+WORKER_TASKS_RESERVED = Family(
+    "celery_worker_tasks_reserved",
+    MetricType.GAUGE,
+    "Tasks the worker holds but has not started (prefetched, waiting for a pool slot or an ETA).",
+    ("hostname",),
+    Source.WORKER,
+)
+WORKER_POOL_PROCESSES = Family(
+    "celery_worker_pool_processes",
+    MetricType.GAUGE,
+    "Pool processes (or threads) alive and able to run tasks.",
+    ("hostname",),
+    Source.WORKER,
+)
+WORKER_INFO = Family(
+    "celery_worker_info",
+    MetricType.GAUGE,
+    "Always 1; labels describe the worker.",
+    ("hostname", "celery_version", "pool", "celery_prom_version"),
+    Source.WORKER,
+)
+WORKER_INVALID_MESSAGES = Family(
+    "celery_worker_invalid_messages_total",
+    MetricType.COUNTER,
+    "Messages a worker discarded because they were not valid task messages.",
+    ("hostname", "reason"),
+    Source.WORKER,
+)
+
+TASK_SENT = Family(
+    "celery_task_sent_total",
+    MetricType.COUNTER,
+    "Task messages this process published (recorded in prometheus_client's default "
+    "registry of any process that called install(app)).",
+    ("name", "queue_name"),
+    Source.PRODUCER,
+)
+
+EVENTS_RECEIVED = Family(
+    "celery_prom_events_received_total",
+    MetricType.COUNTER,
+    "Celery events handed to the recorder.",
+    (),
+    Source.BOTH,
+)
+EVENTS_DROPPED = Family(
+    "celery_prom_events_dropped_total",
+    MetricType.COUNTER,
+    "Celery events the recorder could not use, by reason.",
+    ("reason",),
+    Source.BOTH,
+)
+LABEL_OVERFLOW = Family(
+    "celery_prom_label_overflow_total",
+    MetricType.COUNTER,
+    "Label values replaced by the overflow value because a cardinality cap was reached.",
+    ("label",),
+    Source.BOTH,
+)
+
+#: Value that replaces a label value once its cardinality cap is reached.
+OVERFLOW_LABEL_VALUE = "_other"
+#: Label values longer than this are dropped as invalid, never truncated into collisions.
+MAX_LABEL_VALUE_LENGTH = 256
