@@ -1,0 +1,155 @@
+"""Rendering /metrics: the task store incrementally, everything else through a registry.
+
+prometheus_client rebuilds every sample of every family on each scrape; at tens of
+thousands of task series that takes seconds. The task store's series instead keep their
+rendered lines until they change, so a scrape costs one join over cached strings plus the
+series that changed since the last one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client import exposition as text_format
+from prometheus_client.openmetrics import exposition as openmetrics_format
+
+from celery_prom import metrics
+from celery_prom.metrics import Family
+from celery_prom.store import (
+    SeriesKey,
+    SeriesSnapshot,
+    TaskStore,
+    cumulative_buckets,
+    format_value,
+)
+
+TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
+OPENMETRICS_CONTENT_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
+
+_TASK_FAMILIES: tuple[Family, ...] = (
+    *metrics.TASK_COUNTERS,
+    metrics.TASK_FAILED,
+    *metrics.TASK_HISTOGRAMS,
+)
+
+
+class TaskExposition:
+    """Renders a ``TaskStore`` in the text or OpenMetrics format, caching per series."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self._store = store
+        self._runtime_les = _le_values(store.runtime_bounds)
+        self._wait_les = _le_values(store.queue_wait_bounds)
+        self._cache: dict[SeriesKey, tuple[int, tuple[str, ...]]] = {}
+        # Concurrent scrapes would render the same changed series twice; one at a time.
+        self._lock = threading.Lock()
+
+    def render(self, openmetrics: bool = False) -> str:
+        with self._lock:
+            chunks = self._current_chunks()
+        parts: list[str] = []
+        for index, family in enumerate(_TASK_FAMILIES):
+            parts.append(_header(family, openmetrics))
+            parts.extend(series[index] for series in chunks)
+        return "".join(parts)
+
+    def _current_chunks(self) -> list[tuple[str, ...]]:
+        cache = self._cache
+        fresh: dict[SeriesKey, tuple[int, tuple[str, ...]]] = {}
+        for key, version in self._store.versions():
+            cached = cache.get(key)
+            if cached is None or cached[0] != version:
+                snapshot = self._store.snapshot(key)
+                if snapshot is None:  # forgotten since versions() was taken
+                    continue
+                cached = (snapshot.version, self._render_series(snapshot))
+            fresh[key] = cached
+        self._cache = fresh
+        return [chunks for _, chunks in fresh.values()]
+
+    def _render_series(self, snap: SeriesSnapshot) -> tuple[str, ...]:
+        labels = _label_text(metrics.TASK_LABELS, snap.key)
+        chunks = [
+            f"{family.name}{{{labels}}} {value}.0\n"
+            for family, value in zip(metrics.TASK_COUNTERS, snap.counters, strict=True)
+        ]
+        chunks.append(
+            "".join(
+                f'{metrics.TASK_FAILED.name}{{{labels},exception="{_escape(exception)}"}} '
+                f"{count}.0\n"
+                for exception, count in snap.failures
+            )
+        )
+        chunks.append(
+            _histogram_lines(
+                metrics.TASK_RUNTIME.name,
+                labels,
+                self._runtime_les,
+                snap.runtime.buckets,
+                snap.runtime.sum,
+            )
+        )
+        chunks.append(
+            _histogram_lines(
+                metrics.TASK_QUEUE_WAIT.name,
+                labels,
+                self._wait_les,
+                snap.queue_wait.buckets,
+                snap.queue_wait.sum,
+            )
+        )
+        return tuple(chunks)
+
+
+def render_registry(registry: CollectorRegistry, openmetrics: bool) -> str:
+    """A registry's exposition; in OpenMetrics it ends with the ``# EOF`` terminator."""
+    generate = openmetrics_format.generate_latest if openmetrics else text_format.generate_latest
+    output: bytes = generate(registry)
+    return output.decode("utf-8")
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    return bool(accept) and "application/openmetrics-text" in (accept or "")
+
+
+def _header(family: Family, openmetrics: bool) -> str:
+    name = family.openmetrics_name if openmetrics else family.name
+    lines = (
+        f"# HELP {name} {_escape_help(family.help, openmetrics)}\n"
+        f"# TYPE {name} {family.type.value}\n"
+    )
+    if openmetrics and family.unit:
+        lines += f"# UNIT {name} {family.unit}\n"
+    return lines
+
+
+def _histogram_lines(
+    name: str, labels: str, les: tuple[str, ...], buckets: list[int], total: float
+) -> str:
+    lines = []
+    cumulative = 0
+    for le, count in zip(les, buckets, strict=True):
+        cumulative += count
+        lines.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}.0\n')
+    lines.append(f"{name}_count{{{labels}}} {cumulative}.0\n")
+    lines.append(f"{name}_sum{{{labels}}} {format_value(total)}\n")
+    return "".join(lines)
+
+
+def _le_values(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    return tuple(le for le, _ in cumulative_buckets(bounds, [0] * (len(bounds) + 1)))
+
+
+def _label_text(names: Iterable[str], values: Iterable[str]) -> str:
+    return ",".join(f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _escape_help(text: str, openmetrics: bool) -> str:
+    escaped = text.replace("\\", r"\\").replace("\n", r"\n")
+    return escaped.replace('"', r"\"") if openmetrics else escaped
