@@ -1,0 +1,350 @@
+"""Turns Celery task events into updates of the task store.
+
+The same recorder is fed in-process by the worker's event tap and over the broker by the
+exporter's event receiver, so both endpoints count with identical semantics.
+
+Task events carry a task id but not always the task name or queue; those come with
+``task-received`` and are remembered per *attempt*. A retry re-delivers the same task id,
+and the new message can be received before the old attempt reports ``task-retried``, so
+attempts are kept in arrival order per (hostname, task id) rather than one per id.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+
+from celery_prom import metrics
+from celery_prom.metrics import MAX_LABEL_VALUE_LENGTH
+from celery_prom.store import (
+    RECEIVED,
+    REJECTED,
+    RETRIED,
+    REVOKED,
+    SeriesKey,
+    TaskStore,
+)
+
+DEFAULT_QUEUE = "celery"
+UNKNOWN_EXCEPTION = "unknown"
+
+# Why an event was not counted; the values of celery_prom_events_dropped_total{reason}.
+DROP_MALFORMED = "malformed"  # not a mapping, or no usable type / uuid / hostname
+DROP_INVALID_FIELD = "invalid_field"  # a field of the wrong type, or a label too long
+DROP_UNKNOWN_TYPE = "unknown_type"  # not a task event type we know
+DROP_UNKNOWN_TASK = "unknown_task"  # refers to a task whose task-received was never seen
+DROP_DUPLICATE = "duplicate"  # the same outcome reported twice for one execution
+DROP_EVICTED = "evicted"  # an unfinished task forgotten to keep memory bounded
+
+_CLASS_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\(")
+_UNPICKLEABLE = re.compile(r"UnpickleableExceptionWrapper\('[^']*',\s*'([A-Za-z_][\w.]*)'")
+# Wrappers whose repr hides the real exception: nothing to recover from the text alone.
+_OPAQUE_WRAPPERS = frozenset({"ExceptionWithTraceback", "ExceptionInfo"})
+
+_IGNORED = frozenset({"task-sent"})
+_SIMPLE_COUNTERS = {
+    "task-retried": RETRIED,
+    "task-revoked": REVOKED,
+    "task-rejected": REJECTED,
+}
+
+
+class InvalidEvent(Exception):
+    """An event that cannot be counted; ``reason`` labels the drop."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One delivery of a task to a worker, from task-received to its outcome."""
+
+    key: SeriesKey
+    ready_at: float | None
+    started: bool = False
+
+
+@dataclass(slots=True)
+class _Finished:
+    key: SeriesKey
+    outcomes: set[str] = field(default_factory=set)
+
+
+@dataclass
+class RecorderStats:
+    received: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+class Recorder:
+    """Counts task events into a ``TaskStore``. ``record`` never raises."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        max_in_flight: int = 100_000,
+        dedupe_window: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.stats = RecorderStats()
+        self._max_in_flight = max_in_flight
+        self._dedupe_window = dedupe_window
+        self._in_flight: dict[tuple[str, str], deque[_Attempt]] = {}
+        self._finished: OrderedDict[tuple[str, str], _Finished] = OrderedDict()
+        self._lock = threading.Lock()
+        self._handlers: dict[str, Callable[[tuple[str, str], Mapping[str, Any]], None]] = {
+            "task-received": self._on_received,
+            "task-started": self._on_started,
+            "task-succeeded": self._on_succeeded,
+            "task-failed": self._on_failed,
+            "task-retried": self._on_simple_outcome,
+            "task-revoked": self._on_simple_outcome,
+            "task-rejected": self._on_simple_outcome,
+            "task-cancelled": self._on_cancelled,
+        }
+
+    def record(self, event: object) -> None:
+        with self._lock:
+            self.stats.received += 1
+            try:
+                self._dispatch(event)
+            except InvalidEvent as invalid:
+                self._drop(invalid.reason)
+
+    def forget_hostname(self, hostname: str) -> None:
+        """Forget unfinished tasks of a worker that went away."""
+        with self._lock:
+            for table in (self._in_flight, self._finished):
+                for key in [k for k in table if k[0] == hostname]:
+                    del table[key]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            received = self.stats.received
+            dropped = sorted(self.stats.dropped.items())
+        total = CounterMetricFamily(
+            metrics.EVENTS_RECEIVED.openmetrics_name, metrics.EVENTS_RECEIVED.help
+        )
+        total.add_metric((), received)
+        yield total
+        drops = CounterMetricFamily(
+            metrics.EVENTS_DROPPED.openmetrics_name,
+            metrics.EVENTS_DROPPED.help,
+            labels=metrics.EVENTS_DROPPED.labels,
+        )
+        for reason, value in dropped:
+            drops.add_metric((reason,), value)
+        yield drops
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self, event: object) -> None:
+        if not isinstance(event, Mapping):
+            raise InvalidEvent(DROP_MALFORMED)
+        event_type = event.get("type")
+        if not isinstance(event_type, str):
+            raise InvalidEvent(DROP_MALFORMED)
+        if event_type in _IGNORED:
+            return
+        handler = self._handlers.get(event_type)
+        if handler is None:
+            raise InvalidEvent(DROP_UNKNOWN_TYPE)
+        uuid = event.get("uuid")
+        hostname = event.get("hostname")
+        if not isinstance(uuid, str) or not uuid or not isinstance(hostname, str):
+            raise InvalidEvent(DROP_MALFORMED)
+        handler((_label(hostname), uuid), event)
+
+    def _on_received(self, task: tuple[str, str], event: Mapping[str, Any]) -> None:
+        attempt = _Attempt(_series_key(task[0], event), _ready_at(event))
+        attempts = self._in_flight.get(task)
+        if attempts is None:
+            if len(self._in_flight) >= self._max_in_flight:
+                self._evict_oldest()
+            attempts = self._in_flight[task] = deque()
+        attempts.append(attempt)
+        self.store.count(attempt.key, RECEIVED)
+
+    def _on_started(self, task: tuple[str, str], event: Mapping[str, Any]) -> None:
+        attempt = self._first_waiting(task)
+        if attempt is None:
+            raise InvalidEvent(DROP_UNKNOWN_TASK)
+        wait = None
+        if attempt.ready_at is not None:
+            wait = max(0.0, _timestamp(event) - attempt.ready_at)
+        attempt.started = True
+        self.store.count_start(attempt.key, wait)
+
+    def _on_succeeded(self, task: tuple[str, str], event: Mapping[str, Any]) -> None:
+        runtime = _optional_number(event, "runtime")
+        key = self._finish(task, event)
+        if key is not None:
+            self.store.count_success(key, None if runtime is None else max(0.0, runtime))
+
+    def _on_failed(self, task: tuple[str, str], event: Mapping[str, Any]) -> None:
+        exception = _exception_label(event)
+        key = self._finish(task, event)
+        if key is not None:
+            self.store.count_failure(key, exception)
+
+    def _on_simple_outcome(self, task: tuple[str, str], event: Mapping[str, Any]) -> None:
+        key = self._finish(task, event)
+        if key is not None:
+            self.store.count(key, _SIMPLE_COUNTERS[event["type"]])
+
+    def _on_cancelled(self, task: tuple[str, str], event: Mapping[str, Any]) -> None:
+        # A cancelled task (connection lost mid-run) is redelivered and counted then.
+        self._finish(task, event)
+
+    # -- attempt bookkeeping ---------------------------------------------------------------
+
+    def _first_waiting(self, task: tuple[str, str]) -> _Attempt | None:
+        for attempt in self._in_flight.get(task, ()):
+            if not attempt.started:
+                return attempt
+        return None
+
+    def _finish(self, task: tuple[str, str], event: Mapping[str, Any]) -> SeriesKey | None:
+        """The series an outcome belongs to, or None when it was already counted."""
+        outcome = event["type"]
+        attempts = self._in_flight.get(task)
+        if attempts:
+            attempt = next((a for a in attempts if a.started), attempts[0])
+            attempts.remove(attempt)
+            if not attempts:
+                del self._in_flight[task]
+            self._remember_finished(task, attempt.key, outcome)
+            return attempt.key
+        finished = self._finished.get(task)
+        if finished is not None:
+            # e.g. a hard time limit reports task-failed twice for one execution, while
+            # Reject(requeue=False) legitimately reports task-failed and task-rejected.
+            if outcome in finished.outcomes:
+                raise InvalidEvent(DROP_DUPLICATE)
+            finished.outcomes.add(outcome)
+            return finished.key
+        if isinstance(event.get("name"), str):
+            # The worker tap names tasks that were never received (revoked on arrival,
+            # unregistered task names), so they still count under their own name.
+            key = _series_key(task[0], event)
+            self._remember_finished(task, key, outcome)
+            return key
+        raise InvalidEvent(DROP_UNKNOWN_TASK)
+
+    def _remember_finished(self, task: tuple[str, str], key: SeriesKey, outcome: str) -> None:
+        self._finished[task] = _Finished(key, {outcome})
+        self._finished.move_to_end(task)
+        while len(self._finished) > self._dedupe_window:
+            self._finished.popitem(last=False)
+
+    def _evict_oldest(self) -> None:
+        oldest = next(iter(self._in_flight))
+        del self._in_flight[oldest]
+        self._drop(DROP_EVICTED)
+
+    def _drop(self, reason: str) -> None:
+        self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+
+
+def exception_class_name(text: str) -> str:
+    """The class name in an exception's repr (``ValueError('x')`` -> ``ValueError``).
+
+    Task events carry ``repr(exception)``, never the class; reprs a class name cannot be
+    read from (custom ``__repr__``, billiard's opaque wrappers) give ``unknown``.
+    """
+    wrapped = _UNPICKLEABLE.match(text)
+    if wrapped:
+        return wrapped.group(1).rpartition(".")[2]
+    match = _CLASS_NAME.match(text)
+    if match is None:
+        return UNKNOWN_EXCEPTION
+    name = match.group(1).rpartition(".")[2]
+    return UNKNOWN_EXCEPTION if name in _OPAQUE_WRAPPERS else name
+
+
+def _exception_label(event: Mapping[str, Any]) -> str:
+    # The worker tap knows the real class (from task_failure) and passes it along.
+    exact = event.get("exception_type")
+    if isinstance(exact, str) and exact:
+        return _label(exact)
+    text = event.get("exception")
+    if not isinstance(text, str):
+        return UNKNOWN_EXCEPTION
+    return _label(exception_class_name(text[: MAX_LABEL_VALUE_LENGTH + 1]))
+
+
+def _series_key(hostname: str, event: Mapping[str, Any]) -> SeriesKey:
+    name = event.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidEvent(DROP_INVALID_FIELD)
+    queue = event.get("queue")
+    if queue is None or queue == "":
+        queue = DEFAULT_QUEUE
+    elif not isinstance(queue, str):
+        raise InvalidEvent(DROP_INVALID_FIELD)
+    return _label(name), hostname, _label(queue)
+
+
+def _label(value: str) -> str:
+    """A label value that renders safely: bounded length, encodable as UTF-8."""
+    if len(value) > MAX_LABEL_VALUE_LENGTH:
+        raise InvalidEvent(DROP_INVALID_FIELD)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent(DROP_INVALID_FIELD) from None
+    return value
+
+
+def _ready_at(event: Mapping[str, Any]) -> float | None:
+    """When the task became runnable: its publish time, or its ETA if that is later."""
+    sent_at = _optional_number(event, "sent_at")
+    if sent_at is None:
+        return None
+    eta = _eta_timestamp(event.get("eta"))
+    return sent_at if eta is None else max(sent_at, eta)
+
+
+def _eta_timestamp(eta: object) -> float | None:
+    if eta is None or eta == "":
+        return None
+    if isinstance(eta, (int, float)) and not isinstance(eta, bool):
+        return float(eta)
+    if not isinstance(eta, str):
+        raise InvalidEvent(DROP_INVALID_FIELD)
+    try:
+        moment = datetime.fromisoformat(eta)
+    except ValueError:
+        raise InvalidEvent(DROP_INVALID_FIELD) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _timestamp(event: Mapping[str, Any]) -> float:
+    value = _optional_number(event, "timestamp")
+    if value is None:
+        raise InvalidEvent(DROP_INVALID_FIELD)
+    return value
+
+
+def _optional_number(event: Mapping[str, Any], field_name: str) -> float | None:
+    value = event.get(field_name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEvent(DROP_INVALID_FIELD)
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidEvent(DROP_INVALID_FIELD)
+    return number
