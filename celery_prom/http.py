@@ -1,0 +1,195 @@
+"""The HTTP endpoint both the worker and the exporter serve: /metrics, /health and /.
+
+A small threaded server from the standard library: each connection has its own thread and
+socket timeout, so a slow or stuck client never holds up anybody else's scrape.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import html
+import json
+import logging
+import socket
+import socketserver
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from celery_prom.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    wants_openmetrics,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a client may take to send its request; a stuck one only blocks its own thread.
+CLIENT_TIMEOUT = 30.0
+#: Compression level 1: nearly all of gzip's gain on metric text, several times faster.
+GZIP_LEVEL = 1
+
+
+class PortInUse(OSError):
+    """The port is taken by another process; the message names host and port."""
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    healthy: bool
+    checks: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What a server serves: the metrics body and the health report, both built per request."""
+
+    title: str
+    render_metrics: Callable[[bool], str]
+    check_health: Callable[[], HealthReport]
+
+
+class MetricsServer:
+    """Binds at construction (so a busy port fails early), serves once started."""
+
+    def __init__(self, host: str, port: int, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        try:
+            self._httpd = _Server((host, port), _Handler, endpoint)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(exc.errno, f"port {port} on {host} is already in use") from None
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def host(self) -> str:
+        return str(self._httpd.server_address[0])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="celery-prom-http", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._httpd.server_close()
+
+    def close_socket(self) -> None:
+        """Close the listening socket without serving (a forked child's inherited copy)."""
+        self._httpd.socket.close()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], endpoint: Endpoint
+    ) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.endpoint = endpoint
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, which can block on DNS for seconds.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = CLIENT_TIMEOUT
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._respond(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(send_body=False)
+
+    def do_POST(self) -> None:
+        self._method_not_allowed()
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = do_POST
+
+    def log_message(self, format: str, *args: Any) -> None:  # stdlib signature
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def _respond(self, send_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            status, content_type, body = self._metrics()
+        elif path == "/health":
+            status, content_type, body = self._health()
+        elif path == "/":
+            status, content_type, body = self._landing_page()
+        else:
+            status, content_type, body = HTTPStatus.NOT_FOUND, "text/plain", b"not found\n"
+        self._send(status, content_type, body, send_body)
+
+    def _metrics(self) -> tuple[HTTPStatus, str, bytes]:
+        openmetrics = wants_openmetrics(self.headers.get("Accept"))
+        try:
+            text = self.server.endpoint.render_metrics(openmetrics)
+        except Exception:  # a scrape gets an answer, never a dropped connection
+            logger.exception("celery-prom: rendering /metrics failed")
+            return HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"metrics unavailable\n"
+        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+        return HTTPStatus.OK, content_type, text.encode("utf-8")
+
+    def _health(self) -> tuple[HTTPStatus, str, bytes]:
+        try:
+            report = self.server.endpoint.check_health()
+        except Exception as exc:  # an unhealthy answer is still an answer
+            logger.exception("celery-prom: health check failed")
+            report = HealthReport(False, {"error": type(exc).__name__})
+        status = HTTPStatus.OK if report.healthy else HTTPStatus.SERVICE_UNAVAILABLE
+        body = json.dumps(
+            {"healthy": report.healthy, "checks": dict(report.checks)}, sort_keys=True
+        )
+        return status, "application/json", body.encode("utf-8") + b"\n"
+
+    def _landing_page(self) -> tuple[HTTPStatus, str, bytes]:
+        title = html.escape(self.server.endpoint.title)
+        page = (
+            f"<!doctype html><html><head><title>{title}</title></head><body>"
+            f'<h1>{title}</h1><ul><li><a href="/metrics">/metrics</a></li>'
+            '<li><a href="/health">/health</a></li></ul></body></html>\n'
+        )
+        return HTTPStatus.OK, "text/html; charset=utf-8", page.encode("utf-8")
+
+    def _method_not_allowed(self) -> None:
+        self.close_connection = True  # the request body, if any, is never read
+        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _send(self, status: HTTPStatus, content_type: str, body: bytes, send_body: bool) -> None:
+        if "gzip" in (self.headers.get("Accept-Encoding") or "") and len(body) > 1024:
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+            encoding: str | None = "gzip"
+        else:
+            encoding = None
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
