@@ -1,0 +1,134 @@
+"""The worker step that owns the worker's metrics and serves them over HTTP."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import click
+from celery import bootsteps, signals
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.metrics_core import Metric
+
+from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
+from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
+from celery_prom.config import ConfigError, Source, WorkerSettings
+from celery_prom.exposition import TaskExposition, render_registry
+from celery_prom.http import Endpoint, HealthReport, MetricsServer
+from celery_prom.recorder import Recorder
+from celery_prom.store import LabelOverflowCollector, TaskStore
+
+logger = logging.getLogger(__name__)
+
+#: Keyword arguments of the worker's command-line options (see ``celery_prom.install``).
+CLI_OPTIONS = ("prom_port", "prom_host")
+
+
+class RegistryBridge:
+    """Serves another registry's collectors (the process and user metrics) as one."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._registry.collect()
+
+
+class WorkerMetrics:
+    """Everything one worker's endpoint serves; the tap step records into it."""
+
+    def __init__(self, worker: Any, hostname: str, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.store = TaskStore(
+            settings.runtime_buckets, settings.queue_wait_buckets, settings.limits
+        )
+        self.recorder = Recorder(self.store)
+        self.invalid_messages = MessageTally()
+        self.exposition = TaskExposition(self.store)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(WorkerStateCollector(worker, hostname, self.invalid_messages))
+        self.registry.register(self.recorder)
+        self.registry.register(LabelOverflowCollector(self.store))
+        self.registry.register(RegistryBridge(REGISTRY))
+
+    def render(self, openmetrics: bool) -> str:
+        return self.exposition.render(openmetrics) + render_registry(self.registry, openmetrics)
+
+    def health(self) -> HealthReport:
+        self.render(openmetrics=False)
+        return HealthReport(True, {"metrics": "ok"})
+
+
+def worker_settings(app: Any, cli: Mapping[str, Any], env: Mapping[str, str]) -> WorkerSettings:
+    """The worker's settings, or a one-line usage error naming the bad value's source."""
+    try:
+        return WorkerSettings.resolve(Source(cli=cli, env=env, conf=app.conf, cli_prefix="prom_"))
+    except ConfigError as exc:
+        raise click.UsageError(f"celery-prom: {exc}") from None
+
+
+class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker step: serves /metrics and /health from the worker's main process.
+
+    It binds its port when the worker is created, so a busy port stops the worker before
+    it consumes anything, and starts answering once the pool is up.
+    """
+
+    label = "celery-prom"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, w: Any, **kwargs: Any) -> None:
+        cli = {name: kwargs.get(name) for name in CLI_OPTIONS}
+        settings = worker_settings(w.app, cli, os.environ)
+        self.enabled = settings.enabled
+        self.server: MetricsServer | None = None
+        self._main_pid = os.getpid()
+        if self.enabled:
+            worker_metrics = WorkerMetrics(w, w.hostname, settings)
+            setattr(w, METRICS_ATTRIBUTE, worker_metrics)
+            w.app.steps["consumer"].add(TaskEventTap)
+            self.server = _bind(
+                settings,
+                Endpoint(
+                    title=f"celery-prom: {w.hostname}",
+                    render_metrics=worker_metrics.render,
+                    check_health=worker_metrics.health,
+                ),
+            )
+            signals.worker_process_init.connect(self._close_inherited_socket, weak=False)
+        super().__init__(w, **kwargs)
+
+    def start(self, w: Any) -> None:
+        if self.server is not None:
+            self.server.start()
+            logger.info(
+                "celery-prom: serving http://%s:%s/metrics", self.server.host, self.server.port
+            )
+
+    def stop(self, w: Any) -> None:
+        signals.worker_process_init.disconnect(self._close_inherited_socket)
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def terminate(self, w: Any) -> None:
+        self.stop(w)
+
+    def shutdown(self, w: Any) -> None:
+        self.stop(w)
+
+    def _close_inherited_socket(self, **_: Any) -> None:
+        # Pool children are forked with the listening socket; only the main process serves,
+        # and a child must not keep the port bound after the worker is gone. The solo pool
+        # sends this signal in the main process itself.
+        if self.server is not None and os.getpid() != self._main_pid:
+            self.server.close_socket()
+
+
+def _bind(settings: WorkerSettings, endpoint: Endpoint) -> MetricsServer:
+    try:
+        return MetricsServer(settings.host, settings.port, endpoint)
+    except OSError as exc:
+        raise click.ClickException(f"celery-prom: {exc.strerror}") from None

@@ -1,0 +1,212 @@
+"""The consumer step that feeds the worker's own task events to the recorder.
+
+Celery's worker main process reports every task outcome through its event dispatcher, for
+every pool, whether or not task events are enabled. ``EventTap`` stands in for that
+dispatcher: it records each task event in-process and then passes it on, so the dispatcher
+still publishes exactly what it would have (nothing when events are off).
+
+Three things the events themselves do not say are filled in here:
+
+* the queue and publish time of a message, read from the message while the consumer
+  handles it (``ArrivalLog``);
+* the real exception class of failures reported by the main process (lost pool children,
+  hard time limits), whose event text only shows billiard's wrapper (``FailureLog``);
+* task names for tasks that end without being received (revoked on arrival, unregistered
+  names), again from the message being handled.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from celery import bootsteps, signals
+from celery.worker import state as worker_state
+
+from celery_prom.bootsteps.worker_state import INVALID_TASK, INVALID_UNRECOGNIZED
+from celery_prom.producer import SENT_AT_HEADER
+from celery_prom.recorder import DEFAULT_QUEUE, Recorder
+
+#: Attribute of the worker (``WorkController``) holding its ``WorkerMetrics``.
+METRICS_ATTRIBUTE = "celery_prom"
+#: Field added to the task events the tap passes on, so an exporter receiving them knows
+#: this worker already counts its own tasks and does not count them a second time.
+RECORDED_MARK = "celery_prom"
+#: Failures reported by the main process but never followed by an event stay this long.
+_FAILURE_LOG_SIZE = 1024
+
+
+class Arrival(NamedTuple):
+    name: object
+    queue: str
+    sent_at: object
+
+
+class ArrivalLog:
+    """What the message being handled says about its task, keyed by task id."""
+
+    def __init__(self) -> None:
+        self._arrivals: dict[object, Arrival] = {}
+
+    def get(self, task_id: object) -> Arrival | None:
+        return self._arrivals.get(task_id)
+
+    def wrap(self, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        arrivals = self._arrivals
+
+        def on_task_message(message: Any) -> Any:
+            headers = message.headers
+            if not isinstance(headers, dict) or "id" not in headers:
+                return handler(message)
+            task_id = headers["id"]
+            delivery = message.delivery_info or {}
+            arrivals[task_id] = Arrival(
+                headers.get("task"),
+                delivery.get("routing_key") or DEFAULT_QUEUE,
+                headers.get(SENT_AT_HEADER),
+            )
+            try:
+                return handler(message)
+            finally:
+                arrivals.pop(task_id, None)
+
+        return on_task_message
+
+
+class FailureLog:
+    """Exception class names of failures the main process saw, until their event arrives."""
+
+    def __init__(self) -> None:
+        self._names: OrderedDict[object, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, task_id: object, exception: BaseException) -> None:
+        # An exception that could not be pickled travels wrapped, naming its real class.
+        name = getattr(exception, "exc_cls_name", None) or type(exception).__name__
+        with self._lock:
+            self._names[task_id] = str(name)
+            while len(self._names) > _FAILURE_LOG_SIZE:
+                self._names.popitem(last=False)
+
+    def pop(self, task_id: object) -> str | None:
+        with self._lock:
+            return self._names.pop(task_id, None)
+
+
+class EventTap:
+    """An event dispatcher stand-in: records task events, then forwards everything."""
+
+    #: Always on, so requests and strategies report to the tap even when the dispatcher
+    #: they would otherwise use is disabled; forwarding checks the real one.
+    enabled = True
+
+    def __init__(
+        self,
+        dispatcher: Any,
+        recorder: Recorder,
+        hostname: str,
+        arrivals: ArrivalLog,
+        failures: FailureLog,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self._recorder = recorder
+        self._hostname = hostname
+        self._arrivals = arrivals
+        self._failures = failures
+
+    def send(self, type: str, **fields: Any) -> Any:  # Celery's signature
+        if type.startswith("task-"):
+            self._record(type, fields)
+            fields[RECORDED_MARK] = True
+        dispatcher = self.dispatcher
+        if dispatcher is not None and dispatcher.enabled:
+            return dispatcher.send(type, **fields)
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (groups, flush, connection, enable/disable...) is the real one's.
+        return getattr(self.dispatcher, name)
+
+    def _record(self, event_type: str, fields: dict[str, Any]) -> None:
+        uuid = fields.get("uuid")
+        event = {**fields, "type": event_type, "hostname": self._hostname, "timestamp": time.time()}
+        arrival = self._arrivals.get(uuid)
+        if arrival is not None:
+            event.setdefault("name", arrival.name)
+            event["queue"] = fields["queue"] = arrival.queue
+            event["sent_at"] = arrival.sent_at
+        if event_type == "task-failed":
+            exception = self._failures.pop(uuid)
+            if exception is not None:
+                event["exception_type"] = exception
+        self._recorder.record(event)
+
+
+class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Consumer step: installs the ``EventTap`` on every (re)start of the consumer.
+
+    It requires ``Tasks`` so it starts after the consumer built its task strategies (which
+    capture the dispatcher) and rebuilds them around the tap; the dispatcher itself is
+    re-created on every broker reconnect, which restarts this step too.
+    """
+
+    label = "celery-prom event tap"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        self.metrics = getattr(c.controller, METRICS_ATTRIBUTE, None)
+        self.arrivals = ArrivalLog()
+        self.failures = FailureLog()
+        self._main_pid = os.getpid()
+        self._tap: EventTap | None = None
+        self._own_handler_factory: Any = None
+        super().__init__(c, **kwargs)
+
+    def include_if(self, c: Any) -> bool:
+        return self.metrics is not None
+
+    def start(self, c: Any) -> None:
+        assert self.metrics is not None
+        tap = self._tap = EventTap(
+            c.event_dispatcher, self.metrics.recorder, c.hostname, self.arrivals, self.failures
+        )
+        c.event_dispatcher = tap
+        c.update_strategies()
+        # Requests that outlived a reconnect still point at the dispatcher they had.
+        for request in (*worker_state.reserved_requests, *worker_state.scheduled_requests):
+            request.eventer = tap
+        # The consumer loop asks for its message handler when it starts, after this step.
+        self._own_handler_factory = c.__dict__.get("create_task_handler")
+        create_handler = c.create_task_handler
+        c.create_task_handler = lambda: self.arrivals.wrap(create_handler())
+        signals.task_failure.connect(self._on_task_failure, weak=False)
+        signals.task_rejected.connect(self._on_task_rejected, weak=False)
+
+    def stop(self, c: Any) -> None:
+        signals.task_failure.disconnect(self._on_task_failure)
+        signals.task_rejected.disconnect(self._on_task_rejected)
+        if self._own_handler_factory is None:
+            c.__dict__.pop("create_task_handler", None)
+        else:
+            c.create_task_handler = self._own_handler_factory
+        if self._tap is not None and c.event_dispatcher is self._tap:
+            c.event_dispatcher = self._tap.dispatcher
+        self._tap = None
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
+
+    def _on_task_failure(
+        self, sender: Any = None, task_id: Any = None, exception: Any = None, **_: Any
+    ) -> None:
+        # Pool children inherit this receiver; only the main process's tap records.
+        if os.getpid() == self._main_pid and isinstance(exception, BaseException):
+            self.failures.add(task_id, exception)
+
+    def _on_task_rejected(self, sender: Any = None, exc: Any = None, **_: Any) -> None:
+        if os.getpid() == self._main_pid and self.metrics is not None:
+            self.metrics.invalid_messages.add(INVALID_UNRECOGNIZED if exc is None else INVALID_TASK)

@@ -1,0 +1,47 @@
+"""``install(app)``: the one line that instruments a Celery app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.bin.base import CeleryOption
+
+from celery_prom.bootsteps import PrometheusServer, TaskEventTap
+from celery_prom.config import DEFAULT_HOST, DEFAULT_PORT
+from celery_prom.producer import instrument_producers
+
+_HELP_GROUP = "celery-prom Options"
+
+
+def install(app: Any) -> None:
+    """Add the metrics steps and options to ``app``'s workers and instrument its producers.
+
+    Safe to call more than once.
+    """
+    app.steps["worker"].add(PrometheusServer)
+    app.steps["consumer"].add(TaskEventTap)
+    options = app.user_options["worker"]
+    if not any(getattr(option, "name", None) == "prom_port" for option in options):
+        options.update(_worker_options())
+    instrument_producers()
+
+
+def _worker_options() -> list[CeleryOption]:
+    # Values are validated by the step (one-line errors naming the source, whether the
+    # value came from here, the environment or app.conf), so click takes them as text.
+    return [
+        CeleryOption(
+            ["--prom-port"],
+            default=None,
+            help_group=_HELP_GROUP,
+            help=f"Port of the worker's /metrics endpoint (default {DEFAULT_PORT}; 0 turns "
+            "metrics off). Env CELERY_PROM_PORT, app.conf.celery_prom_port.",
+        ),
+        CeleryOption(
+            ["--prom-host"],
+            default=None,
+            help_group=_HELP_GROUP,
+            help=f"Address the endpoint listens on (default {DEFAULT_HOST}). "
+            "Env CELERY_PROM_HOST, app.conf.celery_prom_host.",
+        ),
+    ]
