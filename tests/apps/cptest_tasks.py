@@ -1,0 +1,104 @@
+"""The Celery app the integration tests run workers of (imported by worker subprocesses).
+
+Configured from the environment so every test can give its worker its own broker, key
+prefix and queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+from celery import Celery
+from celery.exceptions import Reject
+
+import celery_prom
+
+app = Celery("cptest")
+app.conf.update(
+    broker_url=os.environ.get("CPTEST_BROKER_URL", "memory://"),
+    broker_transport_options=json.loads(os.environ.get("CPTEST_TRANSPORT_OPTIONS", "{}")),
+    task_default_queue=os.environ.get("CPTEST_QUEUE", "celery"),
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=int(os.environ.get("CPTEST_PREFETCH", "4")),
+)
+if os.environ.get("CPTEST_INSTALL", "1") == "1":
+    celery_prom.install(app)
+
+
+class PaymentDeclined(Exception):
+    """A custom exception: the label must read PaymentDeclined."""
+
+
+class OddRepr(Exception):
+    """An exception whose repr hides its class name."""
+
+    def __repr__(self) -> str:
+        return "<something went wrong>"
+
+
+class NotPicklable(Exception):
+    """An exception that cannot cross the pool's process boundary as itself."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+_EXCEPTIONS: dict[str, type[Exception]] = {
+    "ValueError": ValueError,
+    "KeyError": KeyError,
+    "PaymentDeclined": PaymentDeclined,
+    "OddRepr": OddRepr,
+    "NotPicklable": NotPicklable,
+}
+
+
+@app.task
+def noop() -> None:
+    return None
+
+
+@app.task
+def fail(exception: str) -> None:
+    raise _EXCEPTIONS[exception]("boom")
+
+
+@app.task
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@app.task(bind=True, max_retries=5)
+def flaky(self, failures: int) -> str:  # type: ignore[no-untyped-def]
+    """Fails ``failures`` times, retrying at once each time, then succeeds."""
+    if self.request.retries < failures:
+        raise self.retry(countdown=0)
+    return "ok"
+
+
+@app.task(bind=True, max_retries=1)
+def always_retry(self) -> None:  # type: ignore[no-untyped-def]
+    raise self.retry(countdown=0)
+
+
+@app.task(acks_late=True)
+def reject(requeue: bool) -> None:
+    raise Reject("rejected by the task", requeue=requeue)
+
+
+@app.task
+def kill_own_process() -> None:
+    os.kill(os.getpid(), 9)
+
+
+@app.task(soft_time_limit=0.3)
+def exceed_soft_limit() -> None:
+    time.sleep(5)
+
+
+@app.task(time_limit=0.5)
+def exceed_hard_limit() -> None:
+    time.sleep(5)

@@ -1,0 +1,224 @@
+"""Helpers shared by the tests: real brokers, worker subprocesses, scraping, polling."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parent.parent
+APPS = REPO / "tests" / "apps"
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+#: The tests' own Redis database; every run also gets a key prefix of its own.
+REDIS_DB = 11
+AMQP_HOST = "127.0.0.1:5672"
+
+T = TypeVar("T")
+
+
+def wait_for(
+    probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until it returns a truthy value; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A broker the tests may use: URL plus transport options that isolate this run."""
+
+    url: str
+    transport_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.url.split("://", 1)[0]
+
+
+class Scrape:
+    """One parsed /metrics response."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                key = (sample.name, frozenset(sample.labels.items()))
+                self.samples[key] = sample.value
+
+    def value(self, metric: str, /, **labels: str) -> float | None:
+        return self.samples.get((metric, frozenset(labels.items())))
+
+    def total(self, metric: str, /, **labels: str) -> float:
+        """Sum of ``metric`` over every series whose labels include ``labels``."""
+        wanted = set(labels.items())
+        return sum(
+            value for (sample, sample_labels), value in self.samples.items()
+            if sample == metric and wanted <= sample_labels
+        )
+
+    def series(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
+        return {labels: value for (sample, labels), value in self.samples.items()
+                if sample == name}
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> str:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return str(response.read().decode("utf-8"))
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> Scrape:
+    return Scrape(http_get(f"http://{host}:{port}/metrics"))
+
+
+def try_scrape(port: int) -> Scrape | None:
+    try:
+        return scrape(port)
+    except OSError:
+        return None
+
+
+@dataclass
+class WorkerProcess:
+    """A ``celery worker`` subprocess running the test app with the bootstep."""
+
+    name: str
+    queue: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@{socket.gethostname()}"
+
+    def scrape(self) -> Scrape:
+        return scrape(self.port)
+
+    def wait_for_scrape(
+        self, probe: Callable[[Scrape], bool], timeout: float = 30.0, what: str = "metrics"
+    ) -> Scrape:
+        def check() -> Scrape | None:
+            self.assert_alive()
+            current = try_scrape(self.port)
+            return current if current is not None and probe(current) else None
+
+        return wait_for(check, timeout=timeout, what=f"{what} on {self.name}")
+
+    def assert_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def app_env(broker: Broker, queue: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        CPTEST_BROKER_URL=broker.url,
+        CPTEST_TRANSPORT_OPTIONS=json.dumps(broker.transport_options),
+        CPTEST_QUEUE=queue,
+        PYTHONPATH=os.pathsep.join([str(APPS), str(REPO), env.get("PYTHONPATH", "")]),
+    )
+    env.update(extra)
+    return env
+
+
+def start_worker(
+    broker: Broker,
+    tmp_path: Path,
+    pool: str = "prefork",
+    concurrency: int = 2,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    queue: str | None = None,
+    port: int | None = None,
+    wait: bool = True,
+) -> WorkerProcess:
+    queue = queue or unique("q")
+    name = unique("w")
+    port = free_port() if port is None else port
+    log = tmp_path / f"{name}.log"
+    args = [
+        sys.executable, "-m", "celery", "-A", "cptest_tasks", "worker",
+        "-P", pool, "-c", str(concurrency), "-Q", queue, "-n", f"{name}@%h",
+        "--loglevel=INFO", "--without-mingle", "--prom-port", str(port),
+        "--prom-host", "127.0.0.1", *extra_args,
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            args, cwd=REPO, env=app_env(broker, queue, **(env or {})), stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    worker = WorkerProcess(name, queue, port, process, log)
+    if wait:
+        worker.wait_for_scrape(lambda s: True, what="the endpoint to answer")
+        wait_for(lambda: "ready." in worker.output() or worker.assert_alive(),
+                 what=f"{name} to be ready")
+    return worker
+
+
+@contextlib.contextmanager
+def running_worker(*args: Any, **kwargs: Any) -> Iterator[WorkerProcess]:
+    worker = start_worker(*args, **kwargs)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def load_test_app(broker: Broker, queue: str) -> Any:
+    """The test app, configured in this process as the workers see it (for sending)."""
+    from celery import Celery
+
+    app = Celery("cptest-client")
+    app.conf.update(
+        broker_url=broker.url,
+        broker_transport_options=broker.transport_options,
+        task_default_queue=queue,
+    )
+    return app
