@@ -179,6 +179,43 @@ WORKER_INVALID_MESSAGES = Family(
     Source.WORKER,
 )
 
+QUEUE_LENGTH = Family(
+    "celery_queue_length",
+    MetricType.GAUGE,
+    "Messages ready in the broker queue (all priorities), read at scrape time.",
+    ("queue_name",),
+    Source.EXPORTER,
+)
+ACTIVE_CONSUMERS = Family(
+    "celery_active_consumer_count",
+    MetricType.GAUGE,
+    "Consumers the broker reports on the queue (RabbitMQ), read at scrape time.",
+    ("queue_name",),
+    Source.EXPORTER,
+)
+WORKER_UP = Family(
+    "celery_worker_up",
+    MetricType.GAUGE,
+    "1 while the worker's heartbeats arrive within the worker timeout, else 0.",
+    ("hostname",),
+    Source.EXPORTER,
+)
+WORKER_PROCESSED = Family(
+    "celery_worker_tasks_processed_total",
+    MetricType.COUNTER,
+    "Tasks the worker reports having processed since it started (from its heartbeats).",
+    ("hostname",),
+    Source.EXPORTER,
+)
+WORKER_LAST_HEARTBEAT = Family(
+    "celery_worker_last_heartbeat_timestamp_seconds",
+    MetricType.GAUGE,
+    "When the exporter last received a heartbeat from the worker (Unix time).",
+    ("hostname",),
+    Source.EXPORTER,
+    unit="seconds",
+)
+
 TASK_SENT = Family(
     "celery_task_sent_total",
     MetricType.COUNTER,
@@ -202,6 +239,35 @@ EVENTS_DROPPED = Family(
     ("reason",),
     Source.BOTH,
 )
+BROKER_UP = Family(
+    "celery_prom_broker_up",
+    MetricType.GAUGE,
+    "1 if the exporter's last attempt to reach the broker succeeded, else 0.",
+    (),
+    Source.EXPORTER,
+)
+BROKER_RECONNECTS = Family(
+    "celery_prom_broker_reconnects_total",
+    MetricType.COUNTER,
+    "Times the exporter lost its broker connection and connected again.",
+    (),
+    Source.EXPORTER,
+)
+COLLECTOR_SUCCESS = Family(
+    "celery_prom_collector_success",
+    MetricType.GAUGE,
+    "1 if the collector succeeded during this scrape, else 0.",
+    ("collector",),
+    Source.EXPORTER,
+)
+COLLECTOR_DURATION = Family(
+    "celery_prom_collector_duration_seconds",
+    MetricType.GAUGE,
+    "How long the collector took during this scrape.",
+    ("collector",),
+    Source.EXPORTER,
+    unit="seconds",
+)
 LABEL_OVERFLOW = Family(
     "celery_prom_label_overflow_total",
     MetricType.COUNTER,
@@ -214,3 +280,29 @@ LABEL_OVERFLOW = Family(
 OVERFLOW_LABEL_VALUE = "_other"
 #: Label values longer than this are dropped as invalid, never truncated into collisions.
 MAX_LABEL_VALUE_LENGTH = 256
+
+#: Every family, in the order the metric reference lists them.
+CATALOGUE: tuple[Family, ...] = (
+    *TASK_COUNTERS[:3],
+    TASK_FAILED,
+    *TASK_COUNTERS[3:],
+    *TASK_HISTOGRAMS,
+    WORKER_TASKS_ACTIVE,
+    WORKER_TASKS_RESERVED,
+    WORKER_POOL_PROCESSES,
+    WORKER_INFO,
+    WORKER_INVALID_MESSAGES,
+    QUEUE_LENGTH,
+    ACTIVE_CONSUMERS,
+    WORKER_UP,
+    WORKER_PROCESSED,
+    WORKER_LAST_HEARTBEAT,
+    TASK_SENT,
+    EVENTS_RECEIVED,
+    EVENTS_DROPPED,
+    BROKER_UP,
+    BROKER_RECONNECTS,
+    COLLECTOR_SUCCESS,
+    COLLECTOR_DURATION,
+    LABEL_OVERFLOW,
+)
