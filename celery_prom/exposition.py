@@ -25,7 +25,8 @@ from celery_prom.store import (
     format_value,
 )
 
-TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
+# Our text is the 0.0.4 format; prometheus_client may advertise a newer version.
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
 
 _TASK_FAMILIES: tuple[Family, ...] = (

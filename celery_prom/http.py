@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a client may take to send its request; a stuck one only blocks its own thread.
 CLIENT_TIMEOUT = 30.0
+#: How often the accept loop checks for a shutdown request (bounds how long stop() takes).
+SHUTDOWN_POLL_INTERVAL = 0.05
 #: Compression level 1: nearly all of gzip's gain on metric text, several times faster.
 GZIP_LEVEL = 1
 
@@ -76,7 +78,10 @@ class MetricsServer:
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="celery-prom-http", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL_INTERVAL},
+            name="celery-prom-http",
+            daemon=True,
         )
         self._thread.start()
 
@@ -103,6 +108,10 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.endpoint = endpoint
         super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hanging up mid-request are routine for a scrape endpoint, not errors.
+        logger.debug("celery-prom: request from %s failed", client_address, exc_info=True)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN, which can block on DNS for seconds.

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+import celery_prom
 from tests.support import (
     AMQP_HOST,
     APPS,
@@ -63,7 +64,6 @@ def broker(request: pytest.FixtureRequest) -> Broker:
 @pytest.fixture
 def client_app_for(tmp_path: Path) -> Any:
     """Factory: a producer app (instrumented by ``install``) for a broker and queue."""
-    import celery_prom
 
     def build(broker: Broker, queue: str) -> Any:
         app = load_test_app(broker, queue)

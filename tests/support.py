@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +32,9 @@ T = TypeVar("T")
 
 
 def wait_for(
-    probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05,
+    probe: Callable[[], T | None],
+    timeout: float = 30.0,
+    interval: float = 0.05,
     what: str = "condition",
 ) -> T:
     """Poll ``probe`` until it returns a truthy value; fail with ``what`` at the deadline."""
@@ -85,13 +88,13 @@ class Scrape:
         """Sum of ``metric`` over every series whose labels include ``labels``."""
         wanted = set(labels.items())
         return sum(
-            value for (sample, sample_labels), value in self.samples.items()
+            value
+            for (sample, sample_labels), value in self.samples.items()
             if sample == metric and wanted <= sample_labels
         )
 
     def series(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
-        return {labels: value for (sample, labels), value in self.samples.items()
-                if sample == name}
+        return {labels: value for (sample, labels), value in self.samples.items() if sample == name}
 
 
 def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> str:
@@ -171,6 +174,7 @@ def app_env(broker: Broker, queue: str, **extra: str) -> dict[str, str]:
 def start_worker(
     broker: Broker,
     tmp_path: Path,
+    *,
     pool: str = "prefork",
     concurrency: int = 2,
     extra_args: tuple[str, ...] = (),
@@ -184,21 +188,40 @@ def start_worker(
     port = free_port() if port is None else port
     log = tmp_path / f"{name}.log"
     args = [
-        sys.executable, "-m", "celery", "-A", "cptest_tasks", "worker",
-        "-P", pool, "-c", str(concurrency), "-Q", queue, "-n", f"{name}@%h",
-        "--loglevel=INFO", "--without-mingle", "--prom-port", str(port),
-        "--prom-host", "127.0.0.1", *extra_args,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "cptest_tasks",
+        "worker",
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "-Q",
+        queue,
+        "-n",
+        f"{name}@%h",
+        "--loglevel=INFO",
+        "--without-mingle",
+        *extra_args,
     ]
+    # Through the environment, which works however the app added the bootstep.
+    worker_env = {"CELERY_PROM_PORT": str(port), "CELERY_PROM_HOST": "127.0.0.1", **(env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            args, cwd=REPO, env=app_env(broker, queue, **(env or {})), stdout=out,
+            args,
+            cwd=REPO,
+            env=app_env(broker, queue, **worker_env),
+            stdout=out,
             stderr=subprocess.STDOUT,
         )
     worker = WorkerProcess(name, queue, port, process, log)
     if wait:
         worker.wait_for_scrape(lambda s: True, what="the endpoint to answer")
-        wait_for(lambda: "ready." in worker.output() or worker.assert_alive(),
-                 what=f"{name} to be ready")
+        wait_for(
+            lambda: "ready." in worker.output() or worker.assert_alive(), what=f"{name} to be ready"
+        )
     return worker
 
 
@@ -213,8 +236,6 @@ def running_worker(*args: Any, **kwargs: Any) -> Iterator[WorkerProcess]:
 
 def load_test_app(broker: Broker, queue: str) -> Any:
     """The test app, configured in this process as the workers see it (for sending)."""
-    from celery import Celery
-
     app = Celery("cptest-client")
     app.conf.update(
         broker_url=broker.url,

@@ -14,6 +14,7 @@ from prometheus_client.metrics_core import Metric
 
 from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
 from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
+from celery_prom.cli.errors import OptionError
 from celery_prom.config import ConfigError, Source, WorkerSettings
 from celery_prom.exposition import TaskExposition, render_registry
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
@@ -66,7 +67,7 @@ def worker_settings(app: Any, cli: Mapping[str, Any], env: Mapping[str, str]) ->
     try:
         return WorkerSettings.resolve(Source(cli=cli, env=env, conf=app.conf, cli_prefix="prom_"))
     except ConfigError as exc:
-        raise click.UsageError(f"celery-prom: {exc}") from None
+        raise OptionError(f"celery-prom: {exc}") from None
 
 
 class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]

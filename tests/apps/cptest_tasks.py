@@ -15,6 +15,7 @@ from celery import Celery
 from celery.exceptions import Reject
 
 import celery_prom
+from celery_prom.bootsteps import PrometheusServer
 
 app = Celery("cptest")
 app.conf.update(
@@ -24,8 +25,12 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=int(os.environ.get("CPTEST_PREFETCH", "4")),
 )
-if os.environ.get("CPTEST_INSTALL", "1") == "1":
+# "install": celery_prom.install(app); "step": only the worker step class; "none": plain.
+_INSTRUMENTATION = os.environ.get("CPTEST_INSTRUMENTATION", "install")
+if _INSTRUMENTATION == "install":
     celery_prom.install(app)
+elif _INSTRUMENTATION == "step":
+    app.steps["worker"].add(PrometheusServer)
 
 
 class PaymentDeclined(Exception):

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import celery
 import pytest
 
+import celery_prom
 from tests.support import Broker, Scrape, WorkerProcess, running_worker
 
 T = "cptest_tasks."
@@ -28,8 +30,9 @@ class Expected:
 #: 20 successes, 5 failures of two classes, 2 tasks that fail twice and retry to success.
 MIX_EXPECTED = {
     f"{T}noop": Expected(received=20, started=20, succeeded=20),
-    f"{T}fail": Expected(received=5, started=5, failures=(("ValueError", 3),
-                                                         ("PaymentDeclined", 2))),
+    f"{T}fail": Expected(
+        received=5, started=5, failures=(("ValueError", 3), ("PaymentDeclined", 2))
+    ),
     f"{T}flaky": Expected(received=6, started=6, succeeded=2, retried=4),
 }
 
@@ -45,9 +48,11 @@ def send_mix(app: Any) -> None:
 
 def outcomes(scrape: Scrape, worker: WorkerProcess) -> float:
     host = {"hostname": worker.hostname}
-    return (scrape.total("celery_task_succeeded_total", **host)
-            + scrape.total("celery_task_failed_total", **host)
-            + scrape.total("celery_task_retried_total", **host))
+    return (
+        scrape.total("celery_task_succeeded_total", **host)
+        + scrape.total("celery_task_failed_total", **host)
+        + scrape.total("celery_task_retried_total", **host)
+    )
 
 
 def assert_counts(scrape: Scrape, worker: WorkerProcess, expected: dict[str, Expected]) -> None:
@@ -61,8 +66,9 @@ def assert_counts(scrape: Scrape, worker: WorkerProcess, expected: dict[str, Exp
             "revoked": scrape.value("celery_task_revoked_total", **labels),
             "rejected": scrape.value("celery_task_rejected_total", **labels),
             "runtime observations": scrape.value("celery_task_runtime_seconds_count", **labels),
-            "queue-wait observations": scrape.value("celery_task_queue_wait_seconds_count",
-                                                    **labels),
+            "queue-wait observations": scrape.value(
+                "celery_task_queue_wait_seconds_count", **labels
+            ),
             "failures": {
                 dict(series)["exception"]: value
                 for series, value in scrape.series("celery_task_failed_total").items()
@@ -84,10 +90,12 @@ def assert_counts(scrape: Scrape, worker: WorkerProcess, expected: dict[str, Exp
 
 def run_mix(worker: WorkerProcess, app: Any) -> Scrape:
     send_mix(app)
-    total = sum(e.succeeded + e.retried + sum(n for _, n in e.failures)
-                for e in MIX_EXPECTED.values())
-    scrape = worker.wait_for_scrape(lambda s: outcomes(s, worker) >= total,
-                                    what=f"{total} outcomes")
+    total = sum(
+        e.succeeded + e.retried + sum(n for _, n in e.failures) for e in MIX_EXPECTED.values()
+    )
+    scrape = worker.wait_for_scrape(
+        lambda s: outcomes(s, worker) >= total, what=f"{total} outcomes"
+    )
     worker.wait_for_scrape(
         lambda s: s.value("celery_worker_tasks_active", hostname=worker.hostname) == 0,
         what="no active tasks",
@@ -106,36 +114,36 @@ POOLS = [
 
 @pytest.mark.parametrize(("pool", "concurrency"), POOLS)
 def test_mix_is_counted_exactly_on_redis(
-    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any], pool: str,
+    redis_broker: Broker,
+    tmp_path: Path,
+    client_app_for: Callable[..., Any],
+    pool: str,
     concurrency: int,
 ) -> None:
     with running_worker(redis_broker, tmp_path, pool=pool, concurrency=concurrency) as worker:
         scrape = run_mix(worker, client_app_for(redis_broker, worker.queue))
         assert_counts(scrape, worker, MIX_EXPECTED)
-        assert scrape.value("celery_worker_info", hostname=worker.hostname,
-                            pool=pool, celery_version=_celery_version(),
-                            celery_prom_version=_package_version()) == 1
-        assert scrape.value("celery_worker_pool_processes",
-                            hostname=worker.hostname) == concurrency
+        assert (
+            scrape.value(
+                "celery_worker_info",
+                hostname=worker.hostname,
+                pool=pool,
+                celery_version=celery.__version__,
+                celery_prom_version=celery_prom.__version__,
+            )
+            == 1
+        )
+        assert scrape.value("celery_worker_pool_processes", hostname=worker.hostname) == concurrency
 
 
 @pytest.mark.parametrize(("pool", "concurrency"), [POOLS[0], POOLS[2]])
 def test_mix_is_counted_exactly_on_rabbitmq(
-    amqp_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any], pool: str,
+    amqp_broker: Broker,
+    tmp_path: Path,
+    client_app_for: Callable[..., Any],
+    pool: str,
     concurrency: int,
 ) -> None:
     with running_worker(amqp_broker, tmp_path, pool=pool, concurrency=concurrency) as worker:
         scrape = run_mix(worker, client_app_for(amqp_broker, worker.queue))
         assert_counts(scrape, worker, MIX_EXPECTED)
-
-
-def _celery_version() -> str:
-    import celery
-
-    return str(celery.__version__)
-
-
-def _package_version() -> str:
-    import celery_prom
-
-    return celery_prom.__version__

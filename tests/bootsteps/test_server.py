@@ -1,0 +1,194 @@
+"""The worker's endpoint: options, errors, lifecycle — on real worker processes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bootsteps.test_tap import MIX_EXPECTED, assert_counts, run_mix
+from tests.support import (
+    REPO,
+    Broker,
+    app_env,
+    free_port,
+    http_get,
+    running_worker,
+    unique,
+    wait_for,
+)
+
+
+def run_worker_command(
+    broker: Broker,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """A worker that is expected to refuse to start."""
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "cptest_tasks", "worker", "-P", "solo", *args],
+        cwd=REPO,
+        env=app_env(broker, unique("q"), **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def our_lines(output: str) -> list[str]:
+    """What the worker printed, minus Celery's warning about running as root."""
+    lines = output.strip().splitlines()
+    start = next((i for i, line in enumerate(lines) if "_warn_or_raise_security_error" in line), -1)
+    return lines[start + 1 :]
+
+
+def test_a_busy_port_stops_the_worker_with_one_line(redis_broker: Broker) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = run_worker_command(
+            redis_broker, "--prom-port", str(port), "--prom-host", "127.0.0.1"
+        )
+
+    assert result.returncode == 1
+    assert our_lines(result.stdout + result.stderr) == [
+        f"Error: celery-prom: port {port} on 127.0.0.1 is already in use"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--prom-port", "http"), {}, "invalid value for --prom-port: 'http' is not an integer"),
+        (
+            (),
+            {"CELERY_PROM_PORT": "99999"},
+            "invalid value for CELERY_PROM_PORT: 99999 is not a port number (0-65535, 0 disables)",
+        ),
+        (
+            ("--prom-host", "what?"),
+            {},
+            "invalid value for --prom-host: 'what?' is not a host name or IP address",
+        ),
+    ],
+)
+def test_bad_options_stop_the_worker_with_one_line_and_status_2(
+    redis_broker: Broker, args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    result = run_worker_command(redis_broker, *args, env=env)
+
+    assert result.returncode == 2
+    assert our_lines(result.stdout + result.stderr) == [f"Error: celery-prom: {message}"]
+
+
+def test_port_zero_on_the_command_line_turns_the_endpoint_off(
+    redis_broker: Broker, tmp_path: Path
+) -> None:
+    port = free_port()
+    with running_worker(
+        redis_broker, tmp_path, pool="solo", port=port, wait=False, extra_args=("--prom-port", "0")
+    ) as worker:
+        wait_for(lambda: "ready." in worker.output(), what="the worker to be ready")
+
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        assert "celery-prom" not in worker.output()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_the_port_is_free_once_the_worker_has_stopped(
+    redis_broker: Broker, tmp_path: Path, pool: str
+) -> None:
+    with running_worker(
+        redis_broker, tmp_path, pool=pool, extra_args=("--max-tasks-per-child", "1")
+    ) as worker:
+        port = worker.port
+    assert worker.process.returncode == 0
+
+    # As a restarted worker would: SO_REUSEADDR passes TIME_WAIT, never another listener.
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()
+
+
+def test_health_and_landing_page(redis_broker: Broker, tmp_path: Path) -> None:
+    with running_worker(redis_broker, tmp_path, pool="solo") as worker:
+        health = json.loads(http_get(f"http://127.0.0.1:{worker.port}/health"))
+        page = http_get(f"http://127.0.0.1:{worker.port}/")
+
+    assert health == {"healthy": True, "checks": {"metrics": "ok"}}
+    assert f"celery-prom: {worker.hostname}" in page
+
+
+def test_adding_only_the_worker_step_is_enough(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with running_worker(
+        redis_broker,
+        tmp_path,
+        pool="threads",
+        concurrency=2,
+        env={"CPTEST_INSTRUMENTATION": "step"},
+    ) as worker:
+        scrape = run_mix(worker, client_app_for(redis_broker, worker.queue))
+
+    assert_counts(scrape, worker, MIX_EXPECTED)
+
+
+def test_a_real_scrape_passes_promtool(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool="prefork") as worker:
+        run_mix(worker, client_app_for(redis_broker, worker.queue))
+        text = worker.scrape().text
+
+    result = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=text.encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, b"")
+
+
+def listening_inode(port: int) -> str:
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if int(local.split(":")[1], 16) == port and state == "0A":  # 0A: LISTEN
+            return inode
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = str(fd.readlink()) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def test_pool_children_do_not_hold_the_listening_socket(
+    redis_broker: Broker, tmp_path: Path
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool="prefork", concurrency=2) as worker:
+        inode = listening_inode(worker.port)
+        children_file = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children")
+        children = [int(pid) for pid in children_file.read_text().split()]
+
+        assert inode in socket_inodes(worker.process.pid)
+        assert len(children) == 2
+        assert [pid for pid in children if inode in socket_inodes(pid)] == []

@@ -1,0 +1,166 @@
+"""The HTTP endpoint, served for real on a loopback port."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from celery_prom.http import Endpoint, HealthReport, MetricsServer, PortInUse
+from tests.support import free_port
+
+
+class FakeOwner:
+    """What a worker or exporter plugs into the server: pure functions of its state."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.body = "# HELP demo_total Demo.\n# TYPE demo_total counter\ndemo_total 3.0\n"
+        self.fail = False
+
+    def render(self, openmetrics: bool) -> str:
+        if self.fail:
+            raise RuntimeError("cannot render")
+        return self.body + ("# EOF\n" if openmetrics else "")
+
+    def health(self) -> HealthReport:
+        return HealthReport(self.healthy, {"broker": "up" if self.healthy else "down"})
+
+
+@pytest.fixture
+def owner() -> FakeOwner:
+    return FakeOwner()
+
+
+@pytest.fixture
+def server(owner: FakeOwner) -> Iterator[MetricsServer]:
+    server = MetricsServer(
+        "127.0.0.1", free_port(), Endpoint("test endpoint", owner.render, owner.health)
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def request(
+    server: MetricsServer, path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> http.client.HTTPResponse:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request(method, path, headers=headers or {})
+    return connection.getresponse()
+
+
+def test_metrics_in_the_text_format(server: MetricsServer) -> None:
+    response = request(server, "/metrics")
+
+    assert response.status == 200
+    assert response.getheader("Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
+    assert response.read().decode().endswith("demo_total 3.0\n")
+
+
+def test_metrics_in_openmetrics_when_asked(server: MetricsServer) -> None:
+    response = request(
+        server, "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+
+    assert response.getheader("Content-Type", "").startswith("application/openmetrics-text")
+    assert response.read().decode().endswith("# EOF\n")
+
+
+def test_large_bodies_are_gzipped_when_accepted(server: MetricsServer, owner: FakeOwner) -> None:
+    owner.body = "".join(f'demo_total{{n="{i}"}} {i}.0\n' for i in range(200))
+
+    response = request(server, "/metrics", headers={"Accept-Encoding": "gzip"})
+
+    assert response.getheader("Content-Encoding") == "gzip"
+    assert gzip.decompress(response.read()).decode() == owner.body
+
+
+def test_a_failing_render_answers_500_and_health_says_why(
+    server: MetricsServer, owner: FakeOwner
+) -> None:
+    owner.fail = True
+
+    response = request(server, "/metrics")
+
+    assert (response.status, response.read()) == (500, b"metrics unavailable\n")
+
+
+def test_health_reports_the_owners_checks(server: MetricsServer, owner: FakeOwner) -> None:
+    healthy = request(server, "/health")
+    assert (healthy.status, json.loads(healthy.read())) == (
+        200,
+        {"healthy": True, "checks": {"broker": "up"}},
+    )
+
+    owner.healthy = False
+    unhealthy = request(server, "/health")
+    assert (unhealthy.status, json.loads(unhealthy.read())) == (
+        503,
+        {"healthy": False, "checks": {"broker": "down"}},
+    )
+
+
+def test_landing_page_links_the_endpoints(server: MetricsServer) -> None:
+    page = request(server, "/").read().decode()
+
+    assert "<title>test endpoint</title>" in page
+    assert 'href="/metrics"' in page
+    assert 'href="/health"' in page
+
+
+def test_head_has_headers_and_no_body(server: MetricsServer) -> None:
+    response = request(server, "/metrics", method="HEAD")
+
+    assert response.status == 200
+    assert int(response.getheader("Content-Length", "0")) > 0
+    assert response.read() == b""
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_other_methods_are_not_allowed(server: MetricsServer, method: str) -> None:
+    response = request(server, "/metrics", method=method)
+
+    assert (response.status, response.getheader("Allow")) == (405, "GET, HEAD")
+
+
+def test_unknown_paths_are_404(server: MetricsServer) -> None:
+    assert request(server, "/nope").status == 404
+
+
+def test_a_stuck_client_does_not_block_other_scrapes(server: MetricsServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as stuck:
+        stuck.sendall(b"GET /metrics HTTP/1.1\r\n")  # never finishes its request
+        assert request(server, "/metrics").status == 200
+
+
+def test_a_busy_port_is_reported_by_number(server: MetricsServer, owner: FakeOwner) -> None:
+    with pytest.raises(PortInUse) as error:
+        MetricsServer("127.0.0.1", server.port, Endpoint("x", owner.render, owner.health))
+
+    assert error.value.strerror == f"port {server.port} on 127.0.0.1 is already in use"
+
+
+def test_stopping_frees_the_port(owner: FakeOwner) -> None:
+    port = free_port()
+    server = MetricsServer("127.0.0.1", port, Endpoint("x", owner.render, owner.health))
+    server.start()
+    server.stop()
+
+    again = MetricsServer("127.0.0.1", port, Endpoint("x", owner.render, owner.health))
+    again.stop()
+
+
+def test_ipv6_loopback(owner: FakeOwner) -> None:
+    server = MetricsServer("::1", 0, Endpoint("x", owner.render, owner.health))
+    server.start()
+    try:
+        connection = http.client.HTTPConnection("::1", server.port, timeout=10)
+        connection.request("GET", "/metrics")
+        assert connection.getresponse().status == 200
+    finally:
+        server.stop()

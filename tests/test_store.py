@@ -1,0 +1,135 @@
+"""The task store: series per label set, histograms, caps, forgetting a worker."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from celery_prom.metrics import OVERFLOW_LABEL_VALUE
+from celery_prom.store import (
+    RECEIVED,
+    SUCCEEDED,
+    LabelLimits,
+    LabelOverflowCollector,
+    TaskStore,
+    cumulative_buckets,
+)
+
+KEY = ("app.add", "celery@a", "celery")
+
+
+def test_each_label_set_gets_its_own_series() -> None:
+    store = TaskStore()
+    store.count(KEY, RECEIVED)
+    store.count(("app.add", "celery@b", "celery"), RECEIVED)
+    store.count(KEY, RECEIVED)
+
+    assert [key for key, _ in store.versions()] == [KEY, ("app.add", "celery@b", "celery")]
+    snap = store.snapshot(KEY)
+    assert snap is not None
+    assert snap.counters[RECEIVED] == 2
+
+
+def test_observations_fall_into_le_buckets() -> None:
+    store = TaskStore(runtime_buckets=(0.1, 1.0))
+    for runtime in (0.05, 0.1, 0.5, 1.0, 7.0):
+        store.count_success(KEY, runtime)
+
+    snap = store.snapshot(KEY)
+    assert snap is not None
+    assert snap.runtime.buckets == [2, 2, 1]
+    assert snap.runtime.sum == pytest.approx(8.65)
+    assert cumulative_buckets(store.runtime_bounds, snap.runtime.buckets) == [
+        ("0.1", 2),
+        ("1.0", 4),
+        ("+Inf", 5),
+    ]
+
+
+def test_a_success_without_runtime_counts_without_an_observation() -> None:
+    store = TaskStore(runtime_buckets=(1.0,))
+    store.count_success(KEY, None)
+
+    snap = store.snapshot(KEY)
+    assert snap is not None
+    assert (snap.counters[SUCCEEDED], snap.runtime.buckets) == (1, [0, 0])
+
+
+def test_every_change_bumps_the_version() -> None:
+    store = TaskStore()
+    store.count(KEY, RECEIVED)
+    first = store.versions()
+    store.count_failure(KEY, "ValueError")
+
+    assert store.versions()[0][1] == first[0][1] + 1
+
+
+@pytest.mark.parametrize("bounds", [(), (2.0, 1.0), (1.0, 1.0), (float("inf"),)])
+def test_bucket_bounds_must_increase(bounds: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="bucket"):
+        TaskStore(runtime_buckets=bounds)
+
+
+def test_values_past_a_cap_become_the_overflow_value() -> None:
+    store = TaskStore(limits=LabelLimits(task_names=2, queues=1, hostnames=5, exceptions=1))
+    for name in ("a", "b", "c", "d"):
+        store.count((name, "h", "q1"), RECEIVED)
+    store.count(("a", "h", "q2"), RECEIVED)
+    store.count_failure(("a", "h", "q1"), "ValueError")
+    store.count_failure(("a", "h", "q1"), "KeyError")
+
+    keys = [key for key, _ in store.versions()]
+    assert keys == [
+        (OVERFLOW_LABEL_VALUE, "h", "q1"),
+        ("a", "h", OVERFLOW_LABEL_VALUE),
+        ("a", "h", "q1"),
+        ("b", "h", "q1"),
+    ]
+    overflow = store.snapshot((OVERFLOW_LABEL_VALUE, "h", "q1"))
+    assert overflow is not None
+    assert overflow.counters[RECEIVED] == 2
+    failures = store.snapshot(("a", "h", "q1"))
+    assert failures is not None
+    assert dict(failures.failures) == {"ValueError": 1, OVERFLOW_LABEL_VALUE: 1}
+    assert store.overflow_counts() == {
+        "name": 2,
+        "queue_name": 1,
+        "hostname": 0,
+        "exception": 1,
+    }
+    samples = {
+        s.labels["label"]: s.value
+        for family in LabelOverflowCollector(store).collect()
+        for s in family.samples
+    }
+    assert samples == {"name": 2, "queue_name": 1, "hostname": 0, "exception": 1}
+
+
+def test_forgetting_a_hostname_frees_its_series_and_its_cap_slot() -> None:
+    store = TaskStore(limits=LabelLimits(hostnames=1))
+    store.count(("a", "celery@old", "q"), RECEIVED)
+
+    assert store.forget_hostname("celery@old") == 1
+    store.count(("a", "celery@new", "q"), RECEIVED)
+    assert [key for key, _ in store.versions()] == [("a", "celery@new", "q")]
+
+
+def test_concurrent_recording_loses_nothing() -> None:
+    store = TaskStore()
+
+    def record() -> None:
+        for _ in range(5000):
+            store.count(KEY, RECEIVED)
+            store.count_success(KEY, 0.01)
+
+    threads = [threading.Thread(target=record) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    snap = store.snapshot(KEY)
+    assert snap is not None
+    assert (snap.counters[RECEIVED], snap.counters[SUCCEEDED]) == (20000, 20000)
+    assert sum(snap.runtime.buckets) == 20000
