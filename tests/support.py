@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -243,3 +244,49 @@ def load_test_app(broker: Broker, queue: str) -> Any:
         task_default_queue=queue,
     )
     return app
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, for tests that kill and restart it."""
+
+    def __init__(self, tmp_path: Path, *extra_args: str) -> None:
+        self.port = free_port()
+        self.dir = tmp_path
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def broker(self) -> Broker:
+        return Broker(f"redis://127.0.0.1:{self.port}/0")
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, what=f"redis-server on {self.port}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+        except redis.ConnectionError:
+            return False

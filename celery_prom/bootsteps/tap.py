@@ -27,7 +27,12 @@ from typing import Any, NamedTuple
 from celery import bootsteps, signals
 from celery.worker import state as worker_state
 
-from celery_prom.bootsteps.worker_state import INVALID_TASK, INVALID_UNRECOGNIZED
+from celery_prom.bootsteps.worker_state import (
+    INVALID_TASK,
+    INVALID_UNDECODABLE,
+    INVALID_UNRECOGNIZED,
+    MessageTally,
+)
 from celery_prom.producer import SENT_AT_HEADER
 from celery_prom.recorder import DEFAULT_QUEUE, Recorder
 
@@ -60,9 +65,9 @@ class ArrivalLog:
 
         def on_task_message(message: Any) -> Any:
             headers = message.headers
-            if not isinstance(headers, dict) or "id" not in headers:
-                return handler(message)
-            task_id = headers["id"]
+            task_id = headers.get("id") if isinstance(headers, dict) else None
+            if not isinstance(task_id, str):
+                return handler(message)  # not a task message we can attribute
             delivery = message.delivery_info or {}
             arrivals[task_id] = Arrival(
                 headers.get("task"),
@@ -97,6 +102,26 @@ class FailureLog:
             return self._names.pop(task_id, None)
 
 
+class NoDispatcher:
+    """What the tap forwards to when the worker runs without any event dispatcher
+    (``--without-heartbeat --without-gossip`` and no ``-E``): a dispatcher that is off."""
+
+    enabled = False
+    connection = None
+
+    def __init__(self) -> None:
+        self.groups: set[str] = set()
+
+    def send(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def flush(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 class EventTap:
     """An event dispatcher stand-in: records task events, then forwards everything."""
 
@@ -113,6 +138,7 @@ class EventTap:
         failures: FailureLog,
     ) -> None:
         self.dispatcher = dispatcher
+        self._forward_to = NoDispatcher() if dispatcher is None else dispatcher
         self._recorder = recorder
         self._hostname = hostname
         self._arrivals = arrivals
@@ -122,14 +148,14 @@ class EventTap:
         if type.startswith("task-"):
             self._record(type, fields)
             fields[RECORDED_MARK] = True
-        dispatcher = self.dispatcher
-        if dispatcher is not None and dispatcher.enabled:
+        dispatcher = self._forward_to
+        if dispatcher.enabled:
             return dispatcher.send(type, **fields)
         return None
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (groups, flush, connection, enable/disable...) is the real one's.
-        return getattr(self.dispatcher, name)
+        return getattr(self._forward_to, name)
 
     def _record(self, event_type: str, fields: dict[str, Any]) -> None:
         uuid = fields.get("uuid")
@@ -144,6 +170,16 @@ class EventTap:
             if exception is not None:
                 event["exception_type"] = exception
         self._recorder.record(event)
+
+
+def counting(tally: MessageTally, reason: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler``, counting each call under ``reason`` first."""
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        tally.add(reason)
+        return handler(*args, **kwargs)
+
+    return counted
 
 
 class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -163,7 +199,7 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
         self.failures = FailureLog()
         self._main_pid = os.getpid()
         self._tap: EventTap | None = None
-        self._own_handler_factory: Any = None
+        self._consumer_overrides: dict[str, Any] = {}
         super().__init__(c, **kwargs)
 
     def include_if(self, c: Any) -> bool:
@@ -179,20 +215,28 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
         # Requests that outlived a reconnect still point at the dispatcher they had.
         for request in (*worker_state.reserved_requests, *worker_state.scheduled_requests):
             request.eventer = tap
-        # The consumer loop asks for its message handler when it starts, after this step.
-        self._own_handler_factory = c.__dict__.get("create_task_handler")
+        # The consumer loop asks for its message handler when it starts, after this step,
+        # and the handler looks up on_decode_error on the consumer each time it needs it.
+        self._consumer_overrides = {
+            name: c.__dict__.get(name) for name in ("create_task_handler", "on_decode_error")
+        }
         create_handler = c.create_task_handler
         c.create_task_handler = lambda: self.arrivals.wrap(create_handler())
+        c.on_decode_error = counting(
+            self.metrics.invalid_messages, INVALID_UNDECODABLE, c.on_decode_error
+        )
         signals.task_failure.connect(self._on_task_failure, weak=False)
         signals.task_rejected.connect(self._on_task_rejected, weak=False)
 
     def stop(self, c: Any) -> None:
         signals.task_failure.disconnect(self._on_task_failure)
         signals.task_rejected.disconnect(self._on_task_rejected)
-        if self._own_handler_factory is None:
-            c.__dict__.pop("create_task_handler", None)
-        else:
-            c.create_task_handler = self._own_handler_factory
+        for name, previous in self._consumer_overrides.items():
+            if previous is None:
+                c.__dict__.pop(name, None)
+            else:
+                setattr(c, name, previous)
+        self._consumer_overrides = {}
         if self._tap is not None and c.event_dispatcher is self._tap:
             c.event_dispatcher = self._tap.dispatcher
         self._tap = None

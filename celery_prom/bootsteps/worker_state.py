@@ -18,6 +18,7 @@ _POOL_NAMES = {"thread": "threads"}
 # Why the worker discarded a message; the values of celery_worker_invalid_messages_total.
 INVALID_UNRECOGNIZED = "unrecognized"  # not a task message Celery understands
 INVALID_TASK = "invalid"  # a task message with invalid fields (e.g. an unparsable ETA)
+INVALID_UNDECODABLE = "undecodable"  # a body its content type cannot decode
 
 
 class MessageTally:

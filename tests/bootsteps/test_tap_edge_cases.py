@@ -1,0 +1,456 @@
+"""The event tap's hard cases, each on a real worker against a real broker."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_prom.bootsteps.tap import RECORDED_MARK
+from tests.bootsteps.test_tap import MIX_EXPECTED, T, assert_counts, run_mix
+from tests.support import (
+    Broker,
+    RedisServer,
+    Scrape,
+    WorkerProcess,
+    load_test_app,
+    running_worker,
+    start_worker,
+    wait_for,
+)
+
+
+def labels(worker: WorkerProcess, task: str) -> dict[str, str]:
+    return {"name": f"{T}{task}", "hostname": worker.hostname, "queue_name": worker.queue}
+
+
+def counts(scrape: Scrape, worker: WorkerProcess, task: str) -> dict[str, float | None]:
+    """Every counter of one task, plus its failures by exception."""
+    series = labels(worker, task)
+    result: dict[str, float | None] = {
+        outcome: scrape.value(f"celery_task_{outcome}_total", **series)
+        for outcome in ("received", "started", "succeeded", "retried", "revoked", "rejected")
+    }
+    for labelset, value in scrape.series("celery_task_failed_total").items():
+        if set(series.items()) <= labelset:
+            result[f"failed:{dict(labelset)['exception']}"] = value
+    return result
+
+
+def finished(worker: WorkerProcess, count: int) -> Scrape:
+    """Wait until ``count`` outcomes were recorded and nothing is running."""
+
+    def done(scrape: Scrape) -> bool:
+        host = {"hostname": worker.hostname}
+        outcomes = sum(
+            scrape.total(f"celery_task_{outcome}_total", **host)
+            for outcome in ("succeeded", "failed", "retried", "revoked")
+        )
+        return outcomes >= count and scrape.value("celery_worker_tasks_active", **host) == 0
+
+    return worker.wait_for_scrape(done, what=f"{count} outcomes")
+
+
+def dropped(scrape: Scrape) -> dict[str, float]:
+    return {
+        dict(labelset)["reason"]: value
+        for labelset, value in scrape.series("celery_prom_events_dropped_total").items()
+    }
+
+
+class EventCapture:
+    """Everything published on the broker's event exchange while it runs."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.events: list[dict[str, Any]] = []
+        self._connection = app.connection_for_read()
+        self._receiver = app.events.Receiver(self._connection, handlers={"*": self.events.append})
+        self._ready = threading.Event()
+        self._receiver.on_consume_ready = lambda *args, **kwargs: self._ready.set()
+        self._thread = threading.Thread(
+            target=self._receiver.capture, kwargs={"wakeup": False}, daemon=True
+        )
+
+    def of_type(self, prefix: str) -> list[dict[str, Any]]:
+        return [event for event in list(self.events) if event["type"].startswith(prefix)]
+
+    @contextmanager
+    def running(self) -> Iterator[EventCapture]:
+        self._thread.start()
+        assert self._ready.wait(30), "the event consumer did not start"
+        try:
+            yield self
+        finally:
+            self._receiver.should_stop = True
+            self._thread.join(30)
+            self._connection.release()
+
+
+def test_no_task_events_reach_the_broker(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool="prefork") as worker:
+        app = client_app_for(redis_broker, worker.queue)
+        with EventCapture(app).running() as capture:
+            scrape = run_mix(worker, app)
+            # Heartbeats prove the capture hears this worker's events.
+            wait_for(
+                lambda: [
+                    e
+                    for e in capture.of_type("worker-heartbeat")
+                    if e["hostname"] == worker.hostname
+                ],
+                what="a heartbeat from the worker",
+            )
+
+    assert_counts(scrape, worker, MIX_EXPECTED)
+    assert capture.of_type("task-") == []
+
+
+def test_counting_needs_no_event_dispatcher_at_all(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    args = ("--without-heartbeat", "--without-gossip")
+    with running_worker(redis_broker, tmp_path, pool="prefork", extra_args=args) as worker:
+        scrape = run_mix(worker, client_app_for(redis_broker, worker.queue))
+
+    assert_counts(scrape, worker, MIX_EXPECTED)
+
+
+def test_with_task_events_on_they_are_still_published_and_marked(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool="prefork", extra_args=("-E",)) as worker:
+        app = client_app_for(redis_broker, worker.queue)
+        with EventCapture(app).running() as capture:
+            scrape = run_mix(worker, app)
+            wait_for(
+                lambda: len(capture.of_type("task-succeeded")) >= 22,
+                what="the task-succeeded events",
+            )
+
+    assert_counts(scrape, worker, MIX_EXPECTED)
+    received = capture.of_type("task-received")
+    assert len(received) == 31
+    assert all(event[RECORDED_MARK] is True for event in capture.of_type("task-"))
+    assert {event["queue"] for event in received} == {worker.queue}
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_revoking_a_task_waiting_for_its_eta(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any], pool: str
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool=pool) as worker:
+        app = client_app_for(redis_broker, worker.queue)
+        result = app.send_task(f"{T}noop", countdown=2)
+        worker.wait_for_scrape(
+            lambda s: s.value("celery_worker_tasks_reserved", hostname=worker.hostname) == 1,
+            what="the ETA task to be held",
+        )
+        app.control.revoke(result.id)
+        scrape = finished(worker, 1)
+
+    assert counts(scrape, worker, "noop") == {
+        "received": 1,
+        "started": 0,
+        "succeeded": 0,
+        "retried": 0,
+        "revoked": 1,
+        "rejected": 0,
+    }
+
+
+def test_terminating_a_running_task_counts_it_revoked_not_failed(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool="prefork") as worker:
+        app = client_app_for(redis_broker, worker.queue)
+        result = app.send_task(f"{T}sleep", args=[30])
+        worker.wait_for_scrape(
+            lambda s: s.value("celery_worker_tasks_active", hostname=worker.hostname) == 1,
+            what="the task to run",
+        )
+        app.control.revoke(result.id, terminate=True)
+        scrape = finished(worker, 1)
+
+    assert counts(scrape, worker, "sleep") == {
+        "received": 1,
+        "started": 1,
+        "succeeded": 0,
+        "retried": 0,
+        "revoked": 1,
+        "rejected": 0,
+    }
+
+
+def test_an_expired_task_counts_as_revoked_under_its_name(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool="solo") as worker:
+        app = client_app_for(redis_broker, worker.queue)
+        app.send_task(f"{T}noop", expires=datetime.now(timezone.utc) - timedelta(minutes=1))
+        scrape = finished(worker, 1)
+
+    assert counts(scrape, worker, "noop") == {
+        "received": 0,
+        "started": 0,
+        "succeeded": 0,
+        "retried": 0,
+        "revoked": 1,
+        "rejected": 0,
+    }
+
+
+def test_prefork_failures_keep_their_exception_class(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool="prefork") as worker:
+        app = client_app_for(redis_broker, worker.queue)
+        app.send_task(f"{T}kill_own_process")
+        app.send_task(f"{T}exceed_soft_limit")
+        app.send_task(f"{T}exceed_hard_limit")
+        app.send_task(f"{T}reject", args=[False])
+        app.send_task(f"{T}fail", args=["NotPicklable"])
+        app.send_task(f"{T}fail", args=["OddRepr"])
+        scrape = finished(worker, 6)
+
+    one_failure = {"received": 1, "started": 1, "succeeded": 0, "retried": 0, "revoked": 0}
+    assert counts(scrape, worker, "kill_own_process") == {
+        **one_failure,
+        "rejected": 0,
+        "failed:WorkerLostError": 1,
+    }
+    assert counts(scrape, worker, "exceed_soft_limit") == {
+        **one_failure,
+        "rejected": 0,
+        "failed:SoftTimeLimitExceeded": 1,
+    }
+    # Celery reports a hard time limit twice; it counts once.
+    assert counts(scrape, worker, "exceed_hard_limit") == {
+        **one_failure,
+        "rejected": 0,
+        "failed:TimeLimitExceeded": 1,
+    }
+    # Reject(requeue=False) of an acks_late task fails it and rejects its message.
+    assert counts(scrape, worker, "reject") == {**one_failure, "rejected": 1, "failed:Reject": 1}
+    # The repr of OddRepr hides its class and prefork only passes the repr on.
+    assert counts(scrape, worker, "fail") == {
+        "received": 2,
+        "started": 2,
+        "succeeded": 0,
+        "retried": 0,
+        "revoked": 0,
+        "rejected": 0,
+        "failed:NotPicklable": 1,
+        "failed:unknown": 1,
+    }
+    assert dropped(scrape) == {"duplicate": 1}
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_in_process_pools_see_the_real_exception_class(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any], pool: str
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool=pool) as worker:
+        app = client_app_for(redis_broker, worker.queue)
+        app.send_task(f"{T}fail", args=["OddRepr"])
+        app.send_task(f"{T}reject", args=[False])
+        scrape = finished(worker, 2)
+
+    assert counts(scrape, worker, "fail")["failed:OddRepr"] == 1
+    assert counts(scrape, worker, "reject")["failed:Reject"] == 1
+
+
+def test_unknown_task_names_count_as_failed_not_received(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool="prefork") as worker:
+        app = client_app_for(redis_broker, worker.queue)
+        app.send_task(f"{T}no_such_task")
+        app.send_task(f"{T}noop")
+        scrape = finished(worker, 2)
+
+    assert counts(scrape, worker, "no_such_task") == {
+        "received": 0,
+        "started": 0,
+        "succeeded": 0,
+        "retried": 0,
+        "revoked": 0,
+        "rejected": 0,
+        "failed:NotRegistered": 1,
+    }
+    assert counts(scrape, worker, "noop")["succeeded"] == 1
+
+
+def proto2_headers(task: str, **overrides: Any) -> dict[str, Any]:
+    headers = {
+        "lang": "py",
+        "task": task,
+        "id": str(uuid.uuid4()),
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": None,
+        "parent_id": None,
+        "argsrepr": "()",
+        "kwargsrepr": "{}",
+        "origin": "test",
+        "ignore_result": False,
+    }
+    headers.update(overrides)
+    return headers
+
+
+def publish_malformed(broker: Broker, queue: str) -> None:
+    """One message of each kind Celery discards; the bodies are otherwise valid noops."""
+    app = load_test_app(broker, queue)
+    json_body = json.dumps([[], {}, {}])
+    messages: list[tuple[Any, dict[str, Any] | None, str, str]] = [
+        (b"{not json", proto2_headers(f"{T}noop"), "application/json", "utf-8"),
+        (json.dumps({"foo": 1}), None, "application/json", "utf-8"),
+        (json_body, proto2_headers(f"{T}noop", eta="not-a-date"), "application/json", "utf-8"),
+        (
+            pickle.dumps(([], {}, {})),
+            proto2_headers(f"{T}noop"),
+            "application/x-python-serialize",
+            "binary",
+        ),
+    ]
+    with app.connection_for_write() as connection:
+        producer = connection.Producer()
+        for body, headers, content_type, encoding in messages:
+            producer.publish(
+                body,
+                exchange=queue,
+                routing_key=queue,
+                headers=headers,
+                content_type=content_type,
+                content_encoding=encoding,
+                declare=[app.amqp.queues[queue]],
+            )
+
+
+def test_malformed_task_messages_are_counted_and_change_nothing_else(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool="prefork") as worker:
+        publish_malformed(redis_broker, worker.queue)
+        scrape = run_mix(worker, client_app_for(redis_broker, worker.queue))
+        worker.assert_alive()
+
+    assert_counts(scrape, worker, MIX_EXPECTED)
+    invalid = {
+        dict(labelset)["reason"]: value
+        for labelset, value in scrape.series("celery_worker_invalid_messages_total").items()
+    }
+    assert invalid == {"undecodable": 1, "unrecognized": 1, "invalid": 2}
+    assert dropped(scrape) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_counting_stays_exact_across_a_broker_restart(
+    tmp_path: Path, client_app_for: Callable[..., Any], pool: str
+) -> None:
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    worker = start_worker(redis_server.broker, tmp_path, pool=pool)
+    try:
+        app = client_app_for(redis_server.broker, worker.queue)
+        for _ in range(5):
+            app.send_task(f"{T}noop")
+        finished(worker, 5)
+
+        redis_server.kill()
+        wait_for(
+            lambda: "Connection to broker lost" in worker.output(),
+            what="the worker to notice the broker is gone",
+        )
+        redis_server.start()
+        wait_for(
+            lambda: worker.output().count("Connected to redis://") >= 2,
+            what="the worker to reconnect",
+        )
+        for _ in range(7):
+            app.send_task(f"{T}noop")
+        app.send_task(f"{T}fail", args=["KeyError"])
+        scrape = finished(worker, 13)
+        worker.assert_alive()
+    finally:
+        worker.stop()
+        redis_server.kill()
+
+    assert counts(scrape, worker, "noop") == {
+        "received": 12,
+        "started": 12,
+        "succeeded": 12,
+        "retried": 0,
+        "revoked": 0,
+        "rejected": 0,
+    }
+    assert counts(scrape, worker, "fail")["failed:KeyError"] == 1
+
+
+def close_connections(vhost: str) -> int:
+    """Have RabbitMQ close every connection to ``vhost`` (this run's own), as on a restart."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "vhost"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    pids = [
+        line.split("\t")[0] for line in listing.stdout.splitlines() if line.endswith(f"\t{vhost}")
+    ]
+    for pid in pids:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pid, "test: broker restart"],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+    return len(pids)
+
+
+@pytest.mark.slow
+def test_counting_stays_exact_when_rabbitmq_drops_the_worker(
+    amqp_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with running_worker(amqp_broker, tmp_path, pool="prefork") as worker:
+        app = client_app_for(amqp_broker, worker.queue)
+        for _ in range(5):
+            app.send_task(f"{T}noop")
+        finished(worker, 5)
+
+        assert close_connections(amqp_broker.url.rsplit("/", 1)[1]) >= 2
+        wait_for(
+            lambda: worker.output().count("Connected to amqp://") >= 2,
+            what="the worker to reconnect",
+        )
+        for _ in range(7):
+            app.send_task(f"{T}noop")
+        scrape = finished(worker, 12)
+
+    assert counts(scrape, worker, "noop") == {
+        "received": 12,
+        "started": 12,
+        "succeeded": 12,
+        "retried": 0,
+        "revoked": 0,
+        "rejected": 0,
+    }
