@@ -192,3 +192,32 @@ def test_pool_children_do_not_hold_the_listening_socket(
         assert inode in socket_inodes(worker.process.pid)
         assert len(children) == 2
         assert [pid for pid in children if inode in socket_inodes(pid)] == []
+
+
+def test_buckets_and_caps_come_from_the_environment(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    env = {
+        "CELERY_PROM_RUNTIME_BUCKETS": "0.5,2",
+        "CELERY_PROM_QUEUE_WAIT_BUCKETS": "60",
+        "CELERY_PROM_MAX_TASK_NAMES": "1",
+    }
+    with running_worker(redis_broker, tmp_path, pool="solo", env=env) as worker:
+        app = client_app_for(redis_broker, worker.queue)
+        app.send_task("cptest_tasks.noop")
+        app.send_task("cptest_tasks.sleep", args=[0.01])
+        scrape = worker.wait_for_scrape(
+            lambda s: s.total("celery_task_succeeded_total") == 2, what="two successes"
+        )
+
+    first = {"name": "cptest_tasks.noop", "hostname": worker.hostname, "queue_name": worker.queue}
+    overflow = {**first, "name": "_other"}
+    assert {
+        dict(labels)["le"] for labels in scrape.series("celery_task_runtime_seconds_bucket")
+    } == {"0.5", "2.0", "+Inf"}
+    assert {
+        dict(labels)["le"] for labels in scrape.series("celery_task_queue_wait_seconds_bucket")
+    } == {"60.0", "+Inf"}
+    assert scrape.value("celery_task_succeeded_total", **first) == 1
+    assert scrape.value("celery_task_succeeded_total", **overflow) == 1
+    assert scrape.value("celery_prom_label_overflow_total", label="name") == 3

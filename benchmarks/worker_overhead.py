@@ -1,0 +1,205 @@
+"""What the worker bootstep costs: throughput of no-op tasks, prefork -c 2, Redis.
+
+Three workers, run in interleaved rounds so machine noise hits them alike:
+
+* plain     — Celery as is, no task events;
+* bootstep  — the same worker with ``celery_prom.install(app)``;
+* events    — the plain worker with ``-E`` (what event-based exporters need).
+
+Each round pre-loads the queue with N messages, starts the worker, and times the drain from
+90% to 10% of the queue left (steady state: pool warm-up and the last prefetched tasks are
+outside the window). The bootstep worker's own counters are checked against N at the end.
+
+Run:  python benchmarks/worker_overhead.py [--tasks 20000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+DB = 12
+PREFIX = f"cpbench-{uuid.uuid4().hex[:8]}:"
+CONFIGS = {
+    "plain": ("none", ()),
+    "bootstep": ("install", ()),
+    "events": ("none", ("-E",)),
+}
+
+
+def envelope(queue: str) -> dict[str, object]:
+    """A task message for ``cptest_tasks.noop`` as kombu's Redis transport stores it."""
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    body = base64.b64encode(json.dumps([[], {}, embed]).encode()).decode()
+    task_id = str(uuid.uuid4())
+    return {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": "cptest_tasks.noop",
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": "()",
+            "kwargsrepr": "{}",
+            "origin": "bench",
+            "ignore_result": True,
+            "celery_prom_sent_at": time.time(),
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+
+
+def preload(client: redis.Redis, queue: str, count: int) -> None:
+    pipe = client.pipeline(transaction=False)
+    for index in range(count):
+        pipe.lpush(PREFIX + queue, json.dumps(envelope(queue)))
+        if index % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> float:
+    instrumentation, extra = CONFIGS[config]
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    preload(client, queue, tasks)
+    port = free_port()
+    env = dict(
+        os.environ,
+        CPTEST_BROKER_URL=f"redis://127.0.0.1:6379/{DB}",
+        CPTEST_TRANSPORT_OPTIONS=json.dumps({"global_keyprefix": PREFIX}),
+        CPTEST_QUEUE=queue,
+        CPTEST_INSTRUMENTATION=instrumentation,
+        CELERY_PROM_PORT=str(port),
+        CELERY_PROM_HOST="127.0.0.1",
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "apps"), str(REPO)]),
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "cptest_tasks",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        "2",
+        "-Q",
+        queue,
+        "--loglevel=WARNING",
+        "--without-mingle",
+        *extra,
+    ]
+    log = (logdir / f"{config}-{queue}.log").open("wb")
+    worker = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        start = _time_when_below(client, queue, 0.9 * tasks)
+        end = _time_when_below(client, queue, 0.1 * tasks)
+        rate = 0.8 * tasks / (end - start)
+        if config == "bootstep":
+            _check_counts(port, queue, tasks)
+        return rate
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        log.close()
+        client.delete(PREFIX + queue)
+
+
+def _time_when_below(client: redis.Redis, queue: str, level: float) -> float:
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if client.llen(PREFIX + queue) < level:
+            return time.monotonic()
+        time.sleep(0.005)
+    raise RuntimeError(f"queue {queue} did not drain below {level}")
+
+
+def _check_counts(port: int, queue: str, tasks: int) -> None:
+    """The bootstep must have counted every task exactly (a benchmark of a wrong tool is moot)."""
+    deadline = time.monotonic() + 120
+    succeeded = 0.0
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        succeeded = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("celery_task_succeeded_total{") and f'"{queue}"' in line
+        )
+        if succeeded >= tasks:
+            break
+        time.sleep(0.1)
+    if succeeded != tasks:
+        raise RuntimeError(f"bootstep counted {succeeded} successes of {tasks} tasks")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    options = parser.parse_args()
+    client = redis.Redis(host="127.0.0.1", port=6379, db=DB)
+    order = list(CONFIGS)
+    rates: dict[str, list[float]] = {config: [] for config in CONFIGS}
+    with tempfile.TemporaryDirectory() as logs:
+        try:
+            for round_number in range(options.rounds):
+                for config in order[round_number % 3 :] + order[: round_number % 3]:
+                    rate = run_once(client, config, options.tasks, Path(logs))
+                    rates[config].append(rate)
+                    print(f"round {round_number + 1} {config:9s} {rate:8.1f} tasks/s", flush=True)
+        finally:
+            leftovers = list(client.scan_iter(match=f"{PREFIX}*"))
+            if leftovers:
+                client.delete(*leftovers)
+    medians = {config: statistics.median(values) for config, values in rates.items()}
+    print()
+    print(
+        f"no-op tasks, prefork -c 2, Redis, {options.tasks} tasks x {options.rounds} rounds "
+        "(median tasks/s)"
+    )
+    for config, median in medians.items():
+        ratio = median / medians["plain"]
+        print(f"  {config:9s} {median:8.1f} tasks/s   {ratio:.3f}x plain")
+
+
+if __name__ == "__main__":
+    main()
