@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from celery_prom.exposition import (
     TEXT_CONTENT_TYPE,
     wants_openmetrics,
 )
+from celery_prom.webconfig import BasicAuth, WebConfig, WebConfigFile
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ CLIENT_TIMEOUT = 30.0
 SHUTDOWN_POLL_INTERVAL = 0.05
 #: Compression level 1: nearly all of gzip's gain on metric text, several times faster.
 GZIP_LEVEL = 1
+
+
+_NO_WEB_CONFIG = WebConfig()
 
 
 class PortInUse(OSError):
@@ -56,12 +61,17 @@ class Endpoint:
 
 
 class MetricsServer:
-    """Binds at construction (so a busy port fails early), serves once started."""
+    """Binds at construction (so a busy port fails early), serves once started.
 
-    def __init__(self, host: str, port: int, endpoint: Endpoint) -> None:
+    With a web-config file, connections are TLS and/or requests need basic auth.
+    """
+
+    def __init__(
+        self, host: str, port: int, endpoint: Endpoint, web_config: WebConfigFile | None = None
+    ) -> None:
         self.endpoint = endpoint
         try:
-            self._httpd = _Server((host, port), _Handler, endpoint)
+            self._httpd = _Server((host, port), _Handler, endpoint, web_config)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUse(exc.errno, f"port {port} on {host} is already in use") from None
@@ -102,12 +112,32 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], endpoint: Endpoint
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        endpoint: Endpoint,
+        web_config: WebConfigFile | None,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.endpoint = endpoint
+        self.web_config = web_config
+        self.auth = BasicAuth()
         super().__init__(address, handler)
+
+    def config(self) -> WebConfig:
+        return self.web_config.current() if self.web_config is not None else _NO_WEB_CONFIG
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        context = self.config().ssl_context
+        if context is not None:
+            # The handshake happens in the connection's own thread (see _Handler.setup), so a
+            # slow or silent client never holds up the accept loop.
+            connection = context.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        return connection, address
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients hanging up mid-request are routine for a scrape endpoint, not errors.
@@ -124,6 +154,12 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = CLIENT_TIMEOUT
     server: _Server
 
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()
+        super().setup()
+
     def do_GET(self) -> None:
         self._respond(send_body=True)
 
@@ -139,6 +175,17 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s %s", self.address_string(), format % args)
 
     def _respond(self, send_body: bool) -> None:
+        config = self.server.config()
+        if not self.server.auth.allows(config, self.headers.get("Authorization")):
+            self._send(
+                HTTPStatus.UNAUTHORIZED,
+                "text/plain",
+                b"unauthorized\n",
+                send_body=send_body,
+                config=config,
+                extra_headers={"WWW-Authenticate": 'Basic realm="celery-prom"'},
+            )
+            return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             status, content_type, body = self._metrics()
@@ -148,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, content_type, body = self._landing_page()
         else:
             status, content_type, body = HTTPStatus.NOT_FOUND, "text/plain", b"not found\n"
-        self._send(status, content_type, body, send_body)
+        self._send(status, content_type, body, send_body=send_body, config=config)
 
     def _metrics(self) -> tuple[HTTPStatus, str, bytes]:
         openmetrics = wants_openmetrics(self.headers.get("Accept"))
@@ -183,12 +230,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _method_not_allowed(self) -> None:
         self.close_connection = True  # the request body, if any, is never read
-        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
-        self.send_header("Allow", "GET, HEAD")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+        self._send(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            "text/plain",
+            b"",
+            send_body=True,
+            config=self.server.config(),
+            extra_headers={"Allow": "GET, HEAD"},
+        )
 
-    def _send(self, status: HTTPStatus, content_type: str, body: bytes, send_body: bool) -> None:
+    def _send(
+        self,
+        status: HTTPStatus,
+        content_type: str,
+        body: bytes,
+        *,
+        send_body: bool,
+        config: WebConfig,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
         if "gzip" in (self.headers.get("Accept-Encoding") or "") and len(body) > 1024:
             body = gzip.compress(body, compresslevel=GZIP_LEVEL)
             encoding: str | None = "gzip"
@@ -199,6 +259,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if encoding:
             self.send_header("Content-Encoding", encoding)
+        for name, value in {**config.headers, **(extra_headers or {})}.items():
+            self.send_header(name, value)
         self.end_headers()
         if send_body:
             self.wfile.write(body)

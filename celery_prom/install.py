@@ -44,4 +44,11 @@ def _worker_options() -> list[CeleryOption]:
             help=f"Address the endpoint listens on (default {DEFAULT_HOST}). "
             "Env CELERY_PROM_HOST, app.conf.celery_prom_host.",
         ),
+        CeleryOption(
+            ["--prom-web-config"],
+            default=None,
+            help_group=_HELP_GROUP,
+            help="Prometheus web-config file (TLS, basic auth) for the endpoint. "
+            "Env CELERY_PROM_WEB_CONFIG, app.conf.celery_prom_web_config.",
+        ),
     ]

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import http.client
 import json
 import socket
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
+import bcrypt
 import pytest
 
 from celery_prom.http import Endpoint, HealthReport, MetricsServer, PortInUse
+from celery_prom.webconfig import WebConfigFile
+from tests.certs import Pki, make_pki
 from tests.support import free_port
 
 
@@ -162,5 +168,123 @@ def test_ipv6_loopback(owner: FakeOwner) -> None:
         connection = http.client.HTTPConnection("::1", server.port, timeout=10)
         connection.request("GET", "/metrics")
         assert connection.getresponse().status == 200
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def secure_server(owner: FakeOwner, tmp_path: Path, web_config: str) -> MetricsServer:
+    path = tmp_path / "web.yml"
+    path.write_text(web_config)
+    server = MetricsServer(
+        "127.0.0.1",
+        free_port(),
+        Endpoint("x", owner.render, owner.health),
+        WebConfigFile(str(path)),
+    )
+    server.start()
+    return server
+
+
+def tls_get(
+    server: MetricsServer,
+    context: ssl.SSLContext,
+    path: str = "/metrics",
+    headers: dict[str, str] | None = None,
+) -> http.client.HTTPResponse:
+    connection = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=10)
+    connection.request("GET", path, headers=headers or {})
+    return connection.getresponse()
+
+
+def client_context(
+    pki: Pki, certificate: bool = True, maximum: ssl.TLSVersion | None = None
+) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if certificate:
+        context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    if maximum is not None:
+        context.maximum_version = maximum
+    return context
+
+
+def test_mutual_tls(owner: FakeOwner, tmp_path: Path, pki: Pki) -> None:
+    server = secure_server(
+        owner,
+        tmp_path,
+        f"""
+tls_server_config:
+  cert_file: {pki.server_cert}
+  key_file: {pki.server_key}
+  client_auth_type: RequireAndVerifyClientCert
+  client_ca_file: {pki.ca}
+  min_version: TLS13
+""",
+    )
+    try:
+        assert tls_get(server, client_context(pki)).status == 200
+        for refused in (
+            client_context(pki, certificate=False),
+            client_context(pki, maximum=ssl.TLSVersion.TLSv1_2),
+        ):
+            with pytest.raises((ssl.SSLError, ConnectionResetError)):
+                tls_get(server, refused).read()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_get(server, ssl.create_default_context(cafile=str(pki.other_ca)))
+        # Plain HTTP on a TLS port is no way in either.
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+            request(server, "/metrics").read()
+    finally:
+        server.stop()
+
+
+def test_basic_auth_over_tls(owner: FakeOwner, tmp_path: Path, pki: Pki) -> None:
+    hashed = bcrypt.hashpw(b"scrape-me", bcrypt.gensalt(rounds=4)).decode()
+    server = secure_server(
+        owner,
+        tmp_path,
+        f"""
+tls_server_config:
+  cert_file: {pki.server_cert}
+  key_file: {pki.server_key}
+basic_auth_users:
+  prometheus: {hashed}
+http_server_config:
+  headers:
+    X-Content-Type-Options: nosniff
+""",
+    )
+    context = client_context(pki, certificate=False)
+    good = {"Authorization": "Basic " + base64.b64encode(b"prometheus:scrape-me").decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(b"prometheus:guess").decode()}
+    try:
+        denied = tls_get(server, context)
+        assert (denied.status, denied.getheader("WWW-Authenticate")) == (
+            401,
+            'Basic realm="celery-prom"',
+        )
+        assert tls_get(server, context, headers=bad).status == 401
+        assert tls_get(server, context, "/health", headers=bad).status == 401
+        allowed = tls_get(server, context, headers=good)
+        assert (allowed.status, allowed.getheader("X-Content-Type-Options")) == (200, "nosniff")
+    finally:
+        server.stop()
+
+
+def test_a_client_that_never_completes_the_handshake_blocks_nobody(
+    owner: FakeOwner, tmp_path: Path, pki: Pki
+) -> None:
+    server = secure_server(
+        owner,
+        tmp_path,
+        f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n",
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)):
+            assert tls_get(server, client_context(pki, certificate=False)).status == 200
     finally:
         server.stop()

@@ -20,11 +20,12 @@ from celery_prom.exposition import TaskExposition, render_registry
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
 from celery_prom.recorder import Recorder
 from celery_prom.store import LabelOverflowCollector, TaskStore
+from celery_prom.webconfig import WebConfigFile
 
 logger = logging.getLogger(__name__)
 
 #: Keyword arguments of the worker's command-line options (see ``celery_prom.install``).
-CLI_OPTIONS = ("prom_port", "prom_host")
+CLI_OPTIONS = ("prom_port", "prom_host", "prom_web_config")
 
 
 class RegistryBridge:
@@ -92,6 +93,7 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
             w.app.steps["consumer"].add(TaskEventTap)
             self.server = _bind(
                 settings,
+                _web_config(settings),
                 Endpoint(
                     title=f"celery-prom: {w.hostname}",
                     render_metrics=worker_metrics.render,
@@ -128,8 +130,19 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
             self.server.close_socket()
 
 
-def _bind(settings: WorkerSettings, endpoint: Endpoint) -> MetricsServer:
+def _web_config(settings: WorkerSettings) -> WebConfigFile | None:
+    if settings.web_config is None:
+        return None
     try:
-        return MetricsServer(settings.host, settings.port, endpoint)
+        return WebConfigFile(settings.web_config)
+    except ConfigError as exc:
+        raise OptionError(f"celery-prom: {exc}") from None
+
+
+def _bind(
+    settings: WorkerSettings, web_config: WebConfigFile | None, endpoint: Endpoint
+) -> MetricsServer:
+    try:
+        return MetricsServer(settings.host, settings.port, endpoint, web_config)
     except OSError as exc:
         raise click.ClickException(f"celery-prom: {exc.strerror}") from None

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 
 from tests.bootsteps.test_tap import MIX_EXPECTED, assert_counts, run_mix
+from tests.certs import make_pki
 from tests.support import (
     REPO,
     Broker,
@@ -221,3 +227,52 @@ def test_buckets_and_caps_come_from_the_environment(
     assert scrape.value("celery_task_succeeded_total", **first) == 1
     assert scrape.value("celery_task_succeeded_total", **overflow) == 1
     assert scrape.value("celery_prom_label_overflow_total", label="name") == 3
+
+
+def test_a_worker_serves_tls_with_basic_auth(redis_broker: Broker, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    hashed = bcrypt.hashpw(b"scrape-me", bcrypt.gensalt(rounds=4)).decode()
+    web_config = tmp_path / "web.yml"
+    web_config.write_text(
+        f"tls_server_config:\n  cert_file: {pki.server_cert}\n"
+        f"  key_file: {pki.server_key}\n"
+        f"basic_auth_users:\n  prometheus: {hashed}\n"
+    )
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    credentials = base64.b64encode(b"prometheus:scrape-me").decode()
+
+    def get(headers: dict[str, str]) -> int:
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{worker.port}/metrics", headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    with running_worker(
+        redis_broker,
+        tmp_path,
+        pool="solo",
+        wait=False,
+        extra_args=("--prom-web-config", str(web_config)),
+    ) as worker:
+        wait_for(lambda: "ready." in worker.output(), what="the worker to be ready")
+        assert get({}) == 401
+        assert get({"Authorization": f"Basic {credentials}"}) == 200
+
+
+def test_a_bad_web_config_stops_the_worker_with_one_line(
+    redis_broker: Broker, tmp_path: Path
+) -> None:
+    web_config = tmp_path / "web.yml"
+    web_config.write_text("basic_auth_users:\n  prometheus: not-a-hash\n")
+
+    result = run_worker_command(redis_broker, "--prom-web-config", str(web_config))
+
+    assert result.returncode == 2
+    assert our_lines(result.stdout + result.stderr) == [
+        f"Error: celery-prom: web config {web_config}: basic_auth_users: the password of "
+        "'prometheus' is not a bcrypt hash"
+    ]
