@@ -29,8 +29,8 @@ def counter(outcome: str, function: str = "rate", window: str = WINDOW, by: str 
     """Sum of a task counter's ``function`` (rate or increase) over the selection."""
     labels = f"{SERIES_LABELS}, exception" if outcome == "failed" else SERIES_LABELS
     inner = f"{function}(celery_task_{outcome}_total{{{SELECTOR}}}[{window}])"
-    grouping = f" by ({by})" if by else ""
-    return f"sum{grouping} (max by ({labels}) ({inner}))"
+    total = f"sum by ({by}) " if by else "sum"
+    return f"{total}(max by ({labels}) ({inner}))"
 
 
 def buckets(histogram: str, function: str = "rate") -> str:
