@@ -16,6 +16,8 @@ from tests.support import REPO
 
 MONITORING = REPO / "monitoring"
 RULE_FILES = sorted((MONITORING / "rules").glob("*.yml"))
+RECORDING_RULES = MONITORING / "rules" / "celery-recording.yml"
+ALERT_RULES = MONITORING / "rules" / "celery-alerts.yml"
 THRESHOLDS_EXAMPLE = MONITORING / "thresholds.example.yml"
 DASHBOARDS = sorted((MONITORING / "dashboards").glob("*.json"))
 #: Series Prometheus itself makes.

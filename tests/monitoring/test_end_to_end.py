@@ -2,9 +2,9 @@
 recording rule and every dashboard query returns data, and CeleryWorkerDown fires when the
 worker is killed.
 
-Queries that read exporter-only families (queue lengths, consumers, heartbeats, broker
-state) are kept apart in ``EXPORTER_QUERIES``/``EXPORTER_RECORDS``: with an exporter added to
-``targets`` under the ``celery-exporter`` job, they join the checked lists.
+Queries and records that read exporter-only families (queue lengths, consumers, heartbeats)
+are split off by ``split``: with an exporter started and added to ``targets`` under the
+``celery-exporter`` job, its third list joins the checked ones.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import yaml
 
 from tests.monitoring.prometheus import PrometheusServer, running_prometheus
 from tests.monitoring.promql import (
+    ALERT_RULES,
+    RECORDING_RULES,
     RULE_FILES,
     dashboard_queries,
     load_dashboards,
@@ -48,6 +50,9 @@ def started(wave: list[tuple[str, list[Any]]]) -> int:
     return sum(2 if task == "flaky" else 1 for task, _ in wave)
 
 
+VARIABLE_NAMES = ("task", "queue", "worker", "__rate_interval", "__range")
+
+
 def dashboard_variables(worker: WorkerProcess) -> dict[str, str]:
     return {
         "task": "|".join(f"{T}{task}" for task in ("noop", "fail", "flaky")),
@@ -69,7 +74,7 @@ def all_dashboard_queries(variables: dict[str, str]) -> list[str]:
 
 def alert_rules_with_short_worker_down(directory: Path) -> Path:
     """The alert rules with CeleryWorkerDown's ``for`` cut to a second."""
-    rules = load_yaml(RULE_FILES[0])
+    rules = load_yaml(ALERT_RULES)
     for group in rules["groups"]:
         for rule in group["rules"]:
             if rule.get("alert") == "CeleryWorkerDown":
@@ -126,26 +131,48 @@ def kill(worker: WorkerProcess) -> None:
             os.kill(child, signal.SIGKILL)
 
 
+def split(items: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(worker-side, alert, exporter-only) queries or record names.
+
+    Exporter-only ones read queue lengths, consumers, heartbeats or broker state; alert ones
+    read Prometheus' ALERTS, which has data once an alert is pending or firing.
+    """
+    exporter = [item for item in items if needs_exporter(item)]
+    alert = [item for item in items if "ALERTS" in metric_names(item) and item not in exporter]
+    worker = [item for item in items if item not in exporter and item not in alert]
+    return worker, alert, exporter
+
+
+def test_only_queue_heartbeat_and_consumer_queries_need_the_exporter() -> None:
+    """What this module leaves for a run with the exporter (adds it as ``celery-exporter``)."""
+    _, _, exporter_records = split(sorted(recorded_names(*RULE_FILES)))
+    assert exporter_records == [
+        "queue_name:celery_active_consumer_count:max",
+        "queue_name:celery_alert_queue_backlog_messages:threshold",
+        "queue_name:celery_queue_length:deriv5m",
+        "queue_name:celery_queue_length:max",
+    ]
+    _, _, exporter_queries = split(all_dashboard_queries(dict.fromkeys(VARIABLE_NAMES, "x")))
+    assert sorted(exporter_queries) == [
+        "max by (hostname) (celery_worker_up)",
+        "queue_name:celery_active_consumer_count:max",
+        "queue_name:celery_queue_length:deriv5m",
+        "queue_name:celery_queue_length:max",
+        "sum(max by (hostname) (celery_worker_up))",
+        "sum(queue_name:celery_queue_length:max)",
+    ]
+
+
 @pytest.mark.slow
 def test_rules_and_dashboards_return_data_and_worker_down_fires(
     redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
 ) -> None:
-    rule_files = [RULE_FILES[1], alert_rules_with_short_worker_down(tmp_path)]
+    rule_files = [RECORDING_RULES, alert_rules_with_short_worker_down(tmp_path)]
     with running_worker(redis_broker, tmp_path, concurrency=2) as worker:
         targets = {"celery-worker": [f"127.0.0.1:{worker.port}"]}
+        worker_records, _, _ = split(sorted(recorded_names(*RULE_FILES)))
+        worker_queries, alert_queries, _ = split(all_dashboard_queries(dashboard_variables(worker)))
         with running_prometheus(tmp_path, targets, rule_files) as prometheus:
-            queries = all_dashboard_queries(dashboard_variables(worker))
-            records = sorted(recorded_names(*RULE_FILES))
-            alert_queries = [query for query in queries if "ALERTS" in metric_names(query)]
-            exporter_queries = [query for query in queries if needs_exporter(query)]
-            exporter_records = [record for record in records if needs_exporter(record)]
-            worker_queries = [
-                query
-                for query in queries
-                if query not in alert_queries and query not in exporter_queries
-            ]
-            worker_records = [record for record in records if record not in exporter_records]
-
             app = client_app_for(redis_broker, worker.queue)
             # Series must exist before the counted increases, or rates over the first
             # samples would be 0 and percentiles NaN.
@@ -175,11 +202,3 @@ def test_rules_and_dashboards_return_data_and_worker_down_fires(
                 }
             ]
             assert without_data(prometheus, alert_queries) == []
-    # What only the exporter can answer; checked once the exporter runs in this test.
-    assert exporter_records == [
-        "queue_name:celery_active_consumer_count:max",
-        "queue_name:celery_alert_queue_backlog_messages:threshold",
-        "queue_name:celery_queue_length:deriv5m",
-        "queue_name:celery_queue_length:max",
-    ]
-    assert len(exporter_queries) == 6, exporter_queries

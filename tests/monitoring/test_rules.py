@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.monitoring.promql import (
+    ALERT_RULES,
     MONITORING,
     PROMETHEUS_SERIES,
+    RECORDING_RULES,
     RULE_FILES,
     THRESHOLDS_EXAMPLE,
     alerts,
@@ -40,7 +42,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_rule_files_are_the_recording_and_alert_rules() -> None:
-    assert [path.name for path in RULE_FILES] == ["celery-alerts.yml", "celery-recording.yml"]
+    assert RULE_FILES == [ALERT_RULES, RECORDING_RULES]
 
 
 @pytest.mark.parametrize("path", ALL_RULE_FILES, ids=lambda path: path.name)
@@ -98,7 +100,7 @@ def test_recorded_series_follow_the_level_metric_operations_convention() -> None
 def test_threshold_overrides_record_defaults_with_one_label() -> None:
     defaults = {
         rule["record"]: rule
-        for rule in rules(MONITORING / "rules" / "celery-alerts.yml")
+        for rule in rules(ALERT_RULES)
         if rule.get("record", "").startswith("celery_alert:")
     }
     assert set(defaults) == {
