@@ -36,8 +36,9 @@ from tests.support import Broker, WorkerProcess, running_worker, wait_for
 
 T = "cptest_tasks."
 #: Each wave: (task, args) messages; flaky(1) fails once, retries, then succeeds.
-FIRST_WAVE = [("noop", []), ("fail", ["ValueError"]), ("flaky", [1])]
-SECOND_WAVE = (
+Wave = list[tuple[str, list[Any]]]
+FIRST_WAVE: Wave = [("noop", []), ("fail", ["ValueError"]), ("flaky", [1])]
+SECOND_WAVE: Wave = (
     [("noop", [])] * 10
     + [("fail", ["ValueError"])] * 2
     + [("fail", ["PaymentDeclined"])]
@@ -45,7 +46,7 @@ SECOND_WAVE = (
 )
 
 
-def started(wave: list[tuple[str, list[Any]]]) -> int:
+def started(wave: Wave) -> int:
     """Executions a wave starts: flaky(1) runs twice."""
     return sum(2 if task == "flaky" else 1 for task, _ in wave)
 
@@ -84,7 +85,7 @@ def alert_rules_with_short_worker_down(directory: Path) -> Path:
     return path
 
 
-def send(app: Any, wave: list[tuple[str, list[Any]]]) -> None:
+def send(app: Any, wave: Wave) -> None:
     for task, args in wave:
         app.send_task(f"{T}{task}", args=args)
 
