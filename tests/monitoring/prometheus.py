@@ -1,0 +1,100 @@
+"""A real Prometheus server for the end-to-end tests: temporary config and data, free port."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import subprocess
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support import free_port, http_get, wait_for
+
+#: Fast enough for a test to see scrapes and rule evaluations within seconds.
+INTERVAL = "1s"
+
+
+@dataclass
+class PrometheusServer:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant query at the current time; the result vector."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": expr}
+        )
+        body = json.loads(http_get(url))
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def has_finite_sample(self, expr: str) -> bool:
+        return any(math.isfinite(float(sample["value"][1])) for sample in self.query(expr))
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def config(targets: dict[str, list[str]], rule_files: list[Path]) -> dict[str, Any]:
+    return {
+        "global": {
+            "scrape_interval": INTERVAL,
+            "scrape_timeout": INTERVAL,
+            "evaluation_interval": INTERVAL,
+        },
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": addresses}]}
+            for job, addresses in targets.items()
+        ],
+    }
+
+
+@contextlib.contextmanager
+def running_prometheus(
+    tmp_path: Path, targets: dict[str, list[str]], rule_files: list[Path]
+) -> Iterator[PrometheusServer]:
+    """Prometheus scraping ``targets`` (job name -> host:port list) with ``rule_files``."""
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    config_file = directory / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config(targets, rule_files)), encoding="utf-8")
+    port = free_port()
+    log = directory / "prometheus.log"
+    args = [
+        "prometheus",
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={directory / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    server = PrometheusServer(port, process, log)
+    try:
+        wait_for(lambda: _ready(server), what="Prometheus to be ready")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def _ready(server: PrometheusServer) -> bool:
+    if server.process.poll() is not None:
+        raise AssertionError(f"prometheus exited:\n{server.output()}")
+    try:
+        http_get(f"http://127.0.0.1:{server.port}/-/ready")
+    except OSError:
+        return False
+    return True

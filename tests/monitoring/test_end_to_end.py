@@ -1,0 +1,205 @@
+"""The monitoring bundle against a real Prometheus scraping a real prefork worker: every
+recording rule and every dashboard query returns data, and CeleryWorkerDown fires when the
+worker is killed.
+
+Queries and records that read exporter-only families (queue lengths, consumers, heartbeats)
+are split off by ``split``: with an exporter started and added to ``targets`` under the
+``celery-exporter`` job, its third list joins the checked ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.monitoring.prometheus import PrometheusServer, running_prometheus
+from tests.monitoring.promql import (
+    ALERT_RULES,
+    RECORDING_RULES,
+    RULE_FILES,
+    dashboard_queries,
+    load_dashboards,
+    load_yaml,
+    metric_names,
+    needs_exporter,
+    recorded_names,
+    substitute,
+)
+from tests.support import Broker, WorkerProcess, running_worker, wait_for
+
+T = "cptest_tasks."
+#: Each wave: (task, args) messages; flaky(1) fails once, retries, then succeeds.
+Wave = list[tuple[str, list[Any]]]
+FIRST_WAVE: Wave = [("noop", []), ("fail", ["ValueError"]), ("flaky", [1])]
+SECOND_WAVE: Wave = (
+    [("noop", [])] * 10
+    + [("fail", ["ValueError"])] * 2
+    + [("fail", ["PaymentDeclined"])]
+    + [("flaky", [1])] * 2
+)
+
+
+def started(wave: Wave) -> int:
+    """Executions a wave starts: flaky(1) runs twice."""
+    return sum(2 if task == "flaky" else 1 for task, _ in wave)
+
+
+VARIABLE_NAMES = ("task", "queue", "worker", "__rate_interval", "__range")
+
+
+def dashboard_variables(worker: WorkerProcess) -> dict[str, str]:
+    return {
+        "task": "|".join(f"{T}{task}" for task in ("noop", "fail", "flaky")),
+        "queue": worker.queue,
+        "worker": worker.hostname,
+        # Longer than the test, so every increase of the run is inside the window.
+        "__rate_interval": "5m",
+        "__range": "5m",
+    }
+
+
+def all_dashboard_queries(variables: dict[str, str]) -> list[str]:
+    return [
+        substitute(query, variables)
+        for dashboard in load_dashboards().values()
+        for query in dashboard_queries(dashboard)
+    ]
+
+
+def alert_rules_with_short_worker_down(directory: Path) -> Path:
+    """The alert rules with CeleryWorkerDown's ``for`` cut to a second."""
+    rules = load_yaml(ALERT_RULES)
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == "CeleryWorkerDown":
+                rule["for"] = "1s"
+    path = directory / "celery-alerts.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    return path
+
+
+def send(app: Any, wave: Wave) -> None:
+    for task, args in wave:
+        app.send_task(f"{T}{task}", args=args)
+
+
+def wait_until_scraped(prometheus: PrometheusServer, total_started: int) -> None:
+    """Until Prometheus holds the worker's count of started executions."""
+
+    def scraped() -> bool:
+        result = prometheus.query('sum(celery_task_started_total{job="celery-worker"})')
+        return bool(result) and float(result[0]["value"][1]) == total_started
+
+    wait_for(scraped, what=f"Prometheus to scrape {total_started} started tasks")
+
+
+def without_data(prometheus: PrometheusServer, queries: list[str]) -> list[str]:
+    return [query for query in queries if not prometheus.has_finite_sample(query)]
+
+
+def assert_data_arrives(prometheus: PrometheusServer, queries: list[str]) -> None:
+    """Every query returns a finite sample before the deadline; else name those that do not."""
+    missing = list(queries)
+
+    def none_missing() -> bool:
+        missing[:] = without_data(prometheus, missing)
+        return not missing
+
+    try:
+        wait_for(none_missing, what="data")
+    except AssertionError:
+        pytest.fail("no data for:\n" + "\n".join(missing))
+
+
+def kill(worker: WorkerProcess) -> None:
+    """SIGKILL the worker's main process, then its pool children (they would linger)."""
+    children = [
+        pid
+        for thread in Path(f"/proc/{worker.process.pid}/task").iterdir()
+        for pid in (thread / "children").read_text().split()
+    ]
+    worker.process.kill()
+    worker.process.wait(30)
+    for child in map(int, children):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def split(items: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(worker-side, alert, exporter-only) queries or record names.
+
+    Exporter-only ones read queue lengths, consumers, heartbeats or broker state; alert ones
+    read Prometheus' ALERTS, which has data once an alert is pending or firing.
+    """
+    exporter = [item for item in items if needs_exporter(item)]
+    alert = [item for item in items if "ALERTS" in metric_names(item) and item not in exporter]
+    worker = [item for item in items if item not in exporter and item not in alert]
+    return worker, alert, exporter
+
+
+def test_only_queue_heartbeat_and_consumer_queries_need_the_exporter() -> None:
+    """What this module leaves for a run with the exporter (adds it as ``celery-exporter``)."""
+    _, _, exporter_records = split(sorted(recorded_names(*RULE_FILES)))
+    assert exporter_records == [
+        "queue_name:celery_active_consumer_count:max",
+        "queue_name:celery_alert_queue_backlog_messages:threshold",
+        "queue_name:celery_queue_length:deriv5m",
+        "queue_name:celery_queue_length:max",
+    ]
+    _, _, exporter_queries = split(all_dashboard_queries(dict.fromkeys(VARIABLE_NAMES, "x")))
+    assert sorted(exporter_queries) == [
+        "max by (hostname) (celery_worker_up)",
+        "queue_name:celery_active_consumer_count:max",
+        "queue_name:celery_queue_length:deriv5m",
+        "queue_name:celery_queue_length:max",
+        "sum(max by (hostname) (celery_worker_up))",
+        "sum(queue_name:celery_queue_length:max)",
+    ]
+
+
+@pytest.mark.slow
+def test_rules_and_dashboards_return_data_and_worker_down_fires(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    rule_files = [RECORDING_RULES, alert_rules_with_short_worker_down(tmp_path)]
+    with running_worker(redis_broker, tmp_path, concurrency=2) as worker:
+        targets = {"celery-worker": [f"127.0.0.1:{worker.port}"]}
+        worker_records, _, _ = split(sorted(recorded_names(*RULE_FILES)))
+        worker_queries, alert_queries, _ = split(all_dashboard_queries(dashboard_variables(worker)))
+        with running_prometheus(tmp_path, targets, rule_files) as prometheus:
+            app = client_app_for(redis_broker, worker.queue)
+            # Series must exist before the counted increases, or rates over the first
+            # samples would be 0 and percentiles NaN.
+            send(app, FIRST_WAVE)
+            wait_until_scraped(prometheus, started(FIRST_WAVE))
+            send(app, SECOND_WAVE)
+            wait_until_scraped(prometheus, started(FIRST_WAVE) + started(SECOND_WAVE))
+
+            assert_data_arrives(prometheus, worker_records + worker_queries)
+            assert prometheus.query('ALERTS{alertname="CeleryWorkerDown"}') == []
+
+            kill(worker)
+            firing = wait_for(
+                lambda: prometheus.query(
+                    'ALERTS{alertname="CeleryWorkerDown", alertstate="firing"}'
+                ),
+                what="CeleryWorkerDown to fire",
+            )
+            assert [alert["metric"] for alert in firing] == [
+                {
+                    "__name__": "ALERTS",
+                    "alertname": "CeleryWorkerDown",
+                    "alertstate": "firing",
+                    "instance": f"127.0.0.1:{worker.port}",
+                    "job": "celery-worker",
+                    "severity": "warning",
+                }
+            ]
+            assert without_data(prometheus, alert_queries) == []
