@@ -288,5 +288,7 @@ class RedisServer:
     def _answers(self) -> bool:
         try:
             return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+        except (redis.AuthenticationError, redis.ResponseError):
+            return True  # it answers; it wants a password
         except redis.ConnectionError:
             return False

@@ -22,6 +22,7 @@ from tests.certs import make_pki
 from tests.support import (
     REPO,
     Broker,
+    RedisServer,
     app_env,
     free_port,
     http_get,
@@ -276,3 +277,49 @@ def test_a_bad_web_config_stops_the_worker_with_one_line(
         f"Error: celery-prom: web config {web_config}: basic_auth_users: the password of "
         "'prometheus' is not a bcrypt hash"
     ]
+
+
+SENTINEL = "Sentinel-p4ss-7f3a"
+
+
+def test_a_broker_password_never_leaks_from_the_worker(tmp_path: Path) -> None:
+    redis_server = RedisServer(tmp_path, "--requirepass", "the-real-password")
+    redis_server.start()
+    broker = Broker(f"redis://:{SENTINEL}@127.0.0.1:{redis_server.port}/0")
+    try:
+        with running_worker(
+            broker, tmp_path, pool="prefork", wait=False, extra_args=("--loglevel=DEBUG",)
+        ) as worker:
+            wait_for(
+                lambda: worker.output().count("Cannot connect to") >= 2,
+                what="the worker to retry its broker connection",
+            )
+            metrics = http_get(f"http://127.0.0.1:{worker.port}/metrics")
+            health = http_get(f"http://127.0.0.1:{worker.port}/health")
+    finally:
+        redis_server.kill()
+
+    for text in (worker.output(), metrics, health):
+        assert SENTINEL not in text
+
+
+def open_descriptors(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_a_thousand_scrapes_leave_no_descriptor_behind(
+    redis_broker: Broker, tmp_path: Path
+) -> None:
+    with running_worker(redis_broker, tmp_path, pool="threads") as worker:
+        worker.scrape()
+        before = open_descriptors(worker.process.pid)
+        for _ in range(1000):
+            worker.scrape()
+        # Connection threads close their sockets as they finish; wait for the last one.
+        after = wait_for(
+            lambda: (n := open_descriptors(worker.process.pid)) <= before and n,
+            timeout=10,
+            what="descriptors to settle",
+        )
+
+    assert after == before
