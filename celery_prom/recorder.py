@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -100,7 +100,8 @@ class Recorder:
         self._max_in_flight = max_in_flight
         self._dedupe_window = dedupe_window
         self._in_flight: dict[tuple[str, str], deque[_Attempt]] = {}
-        self._finished: OrderedDict[tuple[str, str], _Finished] = OrderedDict()
+        # Insertion-ordered, oldest first: a plain dict is cheaper than an OrderedDict here.
+        self._finished: dict[tuple[str, str], _Finished] = {}
         self._lock = threading.Lock()
         self._handlers: dict[str, Callable[[tuple[str, str], Mapping[str, Any]], None]] = {
             "task-received": self._on_received,
@@ -149,7 +150,8 @@ class Recorder:
     # -- dispatch --------------------------------------------------------------------------
 
     def _dispatch(self, event: object) -> None:
-        if not isinstance(event, Mapping):
+        # (The exact-type test first: isinstance against an ABC costs on every event.)
+        if type(event) is not dict and not isinstance(event, Mapping):
             raise InvalidEvent(DROP_MALFORMED)
         event_type = event.get("type")
         if not isinstance(event_type, str):
@@ -163,7 +165,7 @@ class Recorder:
         hostname = event.get("hostname")
         if not isinstance(uuid, str) or not uuid or not isinstance(hostname, str):
             raise InvalidEvent(DROP_MALFORMED)
-        handler((_label(hostname), uuid), event)
+        handler((hostname, uuid), event)
 
     def _on_received(self, task: tuple[str, str], event: Mapping[str, Any]) -> None:
         attempt = _Attempt(_series_key(task[0], event), _ready_at(event))
@@ -242,10 +244,11 @@ class Recorder:
         raise InvalidEvent(DROP_UNKNOWN_TASK)
 
     def _remember_finished(self, task: tuple[str, str], key: SeriesKey, outcome: str) -> None:
-        self._finished[task] = _Finished(key, {outcome})
-        self._finished.move_to_end(task)
-        while len(self._finished) > self._dedupe_window:
-            self._finished.popitem(last=False)
+        finished = self._finished
+        finished.pop(task, None)
+        finished[task] = _Finished(key, {outcome})
+        if len(finished) > self._dedupe_window:
+            del finished[next(iter(finished))]
 
     def _evict_oldest(self) -> None:
         oldest = next(iter(self._in_flight))
@@ -284,6 +287,7 @@ def _exception_label(event: Mapping[str, Any]) -> str:
 
 
 def _series_key(hostname: str, event: Mapping[str, Any]) -> SeriesKey:
+    """The labels of an event's task; the only place label values enter the store."""
     name = event.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidEvent(DROP_INVALID_FIELD)
@@ -292,17 +296,18 @@ def _series_key(hostname: str, event: Mapping[str, Any]) -> SeriesKey:
         queue = DEFAULT_QUEUE
     elif not isinstance(queue, str):
         raise InvalidEvent(DROP_INVALID_FIELD)
-    return _label(name), hostname, _label(queue)
+    return _label(name), _label(hostname), _label(queue)
 
 
 def _label(value: str) -> str:
     """A label value that renders safely: bounded length, encodable as UTF-8."""
     if len(value) > MAX_LABEL_VALUE_LENGTH:
         raise InvalidEvent(DROP_INVALID_FIELD)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidEvent(DROP_INVALID_FIELD) from None
+    if not value.isascii():  # ASCII is always valid UTF-8, and far cheaper to check
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEvent(DROP_INVALID_FIELD) from None
     return value
 
 
@@ -311,7 +316,10 @@ def _ready_at(event: Mapping[str, Any]) -> float | None:
     sent_at = _optional_number(event, "sent_at")
     if sent_at is None:
         return None
-    eta = _eta_timestamp(event.get("eta"))
+    eta = event.get("eta")
+    if eta is None:
+        return sent_at
+    eta = _eta_timestamp(eta)
     return sent_at if eta is None else max(sent_at, eta)
 
 
