@@ -222,10 +222,16 @@ def start_worker(
         )
     worker = WorkerProcess(name, queue, port, process, log)
     if wait:
-        worker.wait_for_scrape(lambda s: True, what="the endpoint to answer")
-        wait_for(
-            lambda: "ready." in worker.output() or worker.assert_alive(), what=f"{name} to be ready"
-        )
+        try:
+            worker.wait_for_scrape(lambda s: True, what="the endpoint to answer")
+            wait_for(
+                lambda: "ready." in worker.output() or worker.assert_alive(),
+                what=f"{name} to be ready",
+            )
+        except BaseException:
+            # The caller never gets the worker, so nobody else could stop it.
+            worker.stop()
+            raise
     return worker
 
 
