@@ -29,10 +29,10 @@ ORDERS = [
     # Declined: fails with CardDeclined.
     {"email": "edsger@example.com", "amount_cents": 15000, "card": "tok_declined"},
 ]
-NOT_AN_ORDER = {"email": "nobody", "amount_cents": 100, "card": "tok_visa"}
-METRICS = {"method": "GET", "path": "/api/v1/metrics"}
+NOT_AN_ORDER: dict[str, Any] = {"email": "nobody", "amount_cents": 100, "card": "tok_visa"}
+METRICS: dict[str, Any] = {"method": "GET", "path": "/api/v1/metrics"}
 OPENMETRICS = {**METRICS, "accept": "application/openmetrics-text; version=1.0.0"}
-REQUESTS = [
+REQUESTS: list[dict[str, Any]] = [
     *({"method": "POST", "path": "/api/v1/orders", "body": order} for order in ORDERS),
     {"method": "POST", "path": "/api/v1/orders", "body": NOT_AN_ORDER},
     METRICS,
@@ -42,7 +42,7 @@ REQUESTS = [
 
 #: What the worker must show, per family: series keyed by (name, queue_name), failures by
 #: (exception, name, queue_name). Each retry is received and started again.
-WORKER_COUNTS = {
+WORKER_COUNTS: dict[str, dict[tuple[str, ...], float]] = {
     "celery_task_received_total": {(CHARGE, "payments"): 5, (CONFIRM, "emails"): 4},
     "celery_task_started_total": {(CHARGE, "payments"): 5, (CONFIRM, "emails"): 4},
     "celery_task_succeeded_total": {(CHARGE, "payments"): 3, (CONFIRM, "emails"): 4},
@@ -102,7 +102,7 @@ def series(
 ) -> dict[tuple[str, ...], float]:
     """``family``'s series (of ``hostname`` only, if given) keyed by their other label
     values in label-name order."""
-    found = {}
+    found: dict[tuple[str, ...], float] = {}
     for labels, value in scrape.series(family).items():
         named = dict(labels)
         if hostname is None or named.pop("hostname") == hostname:
