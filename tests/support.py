@@ -183,7 +183,10 @@ def start_worker(
     queue: str | None = None,
     port: int | None = None,
     wait: bool = True,
+    app_module: str = "cptest_tasks",
+    cwd: Path = REPO,
 ) -> WorkerProcess:
+    """Start ``celery -A app_module worker`` in ``cwd`` (which is on its import path)."""
     queue = queue or unique("q")
     name = unique("w")
     port = free_port() if port is None else port
@@ -193,7 +196,7 @@ def start_worker(
         "-m",
         "celery",
         "-A",
-        "cptest_tasks",
+        app_module,
         "worker",
         "-P",
         pool,
@@ -212,17 +215,23 @@ def start_worker(
     with log.open("wb") as out:
         process = subprocess.Popen(
             args,
-            cwd=REPO,
+            cwd=cwd,
             env=app_env(broker, queue, **worker_env),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     worker = WorkerProcess(name, queue, port, process, log)
     if wait:
-        worker.wait_for_scrape(lambda s: True, what="the endpoint to answer")
-        wait_for(
-            lambda: "ready." in worker.output() or worker.assert_alive(), what=f"{name} to be ready"
-        )
+        try:
+            worker.wait_for_scrape(lambda s: True, what="the endpoint to answer")
+            wait_for(
+                lambda: "ready." in worker.output() or worker.assert_alive(),
+                what=f"{name} to be ready",
+            )
+        except BaseException:
+            # The caller never gets the worker, so nobody else could stop it.
+            worker.stop()
+            raise
     return worker
 
 
