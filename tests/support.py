@@ -182,6 +182,7 @@ def start_worker(
     queue: str | None = None,
     port: int | None = None,
     wait: bool = True,
+    app_module: str = "cptest_tasks",
 ) -> WorkerProcess:
     queue = queue or unique("q")
     name = unique("w")
@@ -192,7 +193,7 @@ def start_worker(
         "-m",
         "celery",
         "-A",
-        "cptest_tasks",
+        app_module,
         "worker",
         "-P",
         pool,
