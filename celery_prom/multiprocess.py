@@ -188,7 +188,8 @@ class MultiprocessDirectory:
         """Every process's metrics, aggregated as prometheus_client defines per kind."""
         with self._lock:
             self._compact()
-            files = [str(path) for path in self._metric_files()]
+            # A file is empty for a moment after its process created it: no values yet.
+            files = [entry.path for entry in self._metric_files() if entry.stat().st_size]
             merged: Iterable[Metric] = MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
                 files, accumulate=True
             )
@@ -199,19 +200,22 @@ class MultiprocessDirectory:
         with self._lock:
             self._compact()
 
-    def _metric_files(self) -> list[Path]:
+    def _metric_files(self) -> list[os.DirEntry[str]]:
         return [
-            Path(entry.path)
+            entry
             for entry in os.scandir(self.path)
             if entry.name.endswith(_DB_SUFFIX) and entry.name not in self._absorbed
         ]
 
     def _compact(self) -> None:
         dead: dict[str, list[Path]] = defaultdict(list)
-        for path in self._metric_files():
-            owner = _owner(path.name)
+        for entry in self._metric_files():
+            owner = _owner(entry.name)
             if owner.isdigit() and int(owner) != self._owner_pid and not _exists(int(owner)):
-                dead[_kind(path.name)].append(path)
+                if entry.stat().st_size:
+                    dead[_kind(entry.name)].append(Path(entry.path))
+                else:  # killed while creating it: it never held a value
+                    _remove(Path(entry.path))
         for kind, paths in dead.items():
             merge = MERGERS.get(kind)
             if merge is not None:

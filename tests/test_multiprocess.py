@@ -329,6 +329,20 @@ def test_dead_processes_fold_into_archives_and_totals_match_prometheus_client(
     live.exit()
 
 
+def test_files_without_values_yet_are_skipped_and_removed_once_their_process_is_gone(
+    tmp_path: Path,
+) -> None:
+    # A process creates its file empty, then sizes it: killed in between, it stays empty.
+    (tmp_path / f"counter_{IMPOSSIBLE_PID}.db").write_bytes(b"")
+    (tmp_path / f"counter_{os.getppid()}.db").write_bytes(b"")  # alive, still creating it
+    write_order(tmp_path, IMPOSSIBLE_PID + 1)
+
+    assert total(owned(tmp_path).collect(), "t_orders_total") == 1
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["counter_archive.db", f"counter_{os.getppid()}.db"]
+    )
+
+
 def write_order(directory: Path, pid: int, kind: str = "a") -> None:
     """A dead process's counter file, appearing whole (as a real one is written in place,
     a half-written file would be counted later, not wrongly)."""
