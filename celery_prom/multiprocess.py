@@ -291,6 +291,7 @@ class MultiprocessMetrics:
 
     def start(self) -> None:
         """Compact in the background too, so files do not pile up when nobody scrapes."""
+        logger.info("celery-prom: serving the metrics of every process in %s", self.directory.path)
         self._stopping.clear()
         self._thread = threading.Thread(
             target=self._compact_until_stopped, name="celery-prom-compaction", daemon=True

@@ -66,7 +66,7 @@ class RegistryBridge:
         """Nothing to release."""
 
 
-def user_metrics(env: Mapping[str, str]) -> UserMetrics:
+def user_metrics_for(env: Mapping[str, str]) -> UserMetrics:
     """The default registry; in multiprocess mode, the aggregated multiprocess directory.
 
     In multiprocess mode the default registry's metrics are only the main process's share
@@ -137,7 +137,7 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         self._main_pid = os.getpid()
         if self.enabled:
             # Before the pool forks: in multiprocess mode this wipes the directory.
-            self.user_metrics = user_metrics(os.environ)
+            self.user_metrics = user_metrics_for(os.environ)
             worker_metrics = WorkerMetrics(w, w.hostname, settings, self.user_metrics)
             setattr(w, METRICS_ATTRIBUTE, worker_metrics)
             w.app.steps["consumer"].add(TaskEventTap)
