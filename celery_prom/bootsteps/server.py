@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 import click
 from celery import bootsteps, signals
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    REGISTRY,
+    CollectorRegistry,
+)
 from prometheus_client.metrics_core import Metric
 
 from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
@@ -18,6 +24,12 @@ from celery_prom.cli.errors import OptionError
 from celery_prom.config import ConfigError, Source, WorkerSettings
 from celery_prom.exposition import TaskExposition, render_registry
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
+from celery_prom.multiprocess import (
+    MultiprocessMetrics,
+    SetupError,
+    configured_directory,
+    prometheus_client_is_multiprocess,
+)
 from celery_prom.recorder import Recorder
 from celery_prom.store import LabelOverflowCollector, TaskStore
 from celery_prom.webconfig import WebConfigFile
@@ -26,6 +38,17 @@ logger = logging.getLogger(__name__)
 
 #: Keyword arguments of the worker's command-line options (see ``celery_prom.install``).
 CLI_OPTIONS = ("prom_port", "prom_host", "prom_web_config")
+
+
+class UserMetrics(Protocol):
+    """The endpoint's metrics that are not celery-prom's own task and worker families:
+    process metrics, producer counts and whatever the user defined with prometheus_client."""
+
+    def collect(self) -> Iterable[Metric]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class RegistryBridge:
@@ -37,11 +60,36 @@ class RegistryBridge:
     def collect(self) -> Iterator[Metric]:
         yield from self._registry.collect()
 
+    def start(self) -> None:
+        """Nothing runs in the background: the registry is read at scrape time."""
+
+    def stop(self) -> None:
+        """Nothing to release."""
+
+
+def user_metrics_for(env: Mapping[str, str]) -> UserMetrics:
+    """The default registry; in multiprocess mode, the aggregated multiprocess directory.
+
+    In multiprocess mode the default registry's metrics are only the main process's share
+    (pool children run the tasks), so the directory replaces it; see ``multiprocess``.
+    """
+    try:
+        directory = configured_directory(env, prometheus_client_is_multiprocess())
+        if directory is None:
+            return RegistryBridge(REGISTRY)
+        return MultiprocessMetrics.claim(
+            directory, (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
+        )
+    except SetupError as exc:
+        raise OptionError(f"celery-prom: {exc}") from None
+
 
 class WorkerMetrics:
     """Everything one worker's endpoint serves; the tap step records into it."""
 
-    def __init__(self, worker: Any, hostname: str, settings: WorkerSettings) -> None:
+    def __init__(
+        self, worker: Any, hostname: str, settings: WorkerSettings, user_metrics: UserMetrics
+    ) -> None:
         self.settings = settings
         self.store = TaskStore(
             settings.runtime_buckets, settings.queue_wait_buckets, settings.limits
@@ -53,7 +101,7 @@ class WorkerMetrics:
         self.registry.register(WorkerStateCollector(worker, hostname, self.invalid_messages))
         self.registry.register(self.recorder)
         self.registry.register(LabelOverflowCollector(self.store))
-        self.registry.register(RegistryBridge(REGISTRY))
+        self.registry.register(user_metrics)
 
     def render(self, openmetrics: bool) -> str:
         return self.exposition.render(openmetrics) + render_registry(self.registry, openmetrics)
@@ -86,9 +134,12 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         settings = worker_settings(w.app, cli, os.environ)
         self.enabled = settings.enabled
         self.server: MetricsServer | None = None
+        self.user_metrics: UserMetrics | None = None
         self._main_pid = os.getpid()
         if self.enabled:
-            worker_metrics = WorkerMetrics(w, w.hostname, settings)
+            # Before the pool forks: in multiprocess mode this wipes the directory.
+            self.user_metrics = user_metrics_for(os.environ)
+            worker_metrics = WorkerMetrics(w, w.hostname, settings, self.user_metrics)
             setattr(w, METRICS_ATTRIBUTE, worker_metrics)
             w.app.steps["consumer"].add(TaskEventTap)
             self.server = _bind(
@@ -104,6 +155,8 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         super().__init__(w, **kwargs)
 
     def start(self, w: Any) -> None:
+        if self.user_metrics is not None:
+            self.user_metrics.start()
         if self.server is not None:
             self.server.start()
             logger.info(
@@ -115,6 +168,9 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.user_metrics is not None:
+            self.user_metrics.stop()
+            self.user_metrics = None
 
     def terminate(self, w: Any) -> None:
         self.stop(w)
