@@ -1,0 +1,1 @@
+"""Command line: ``celery-prom exporter`` and ``celery -A proj prom``."""
