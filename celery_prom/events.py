@@ -147,13 +147,28 @@ class LossEstimator:
         self._last[hostname] = (clock, self._epoch)
 
 
+class WorkerQueues(Protocol):
+    """Which queue a worker's tasks come from, where that can be known."""
+
+    def notice(self, hostname: str) -> None: ...
+
+    def queue_of(self, hostname: object) -> str | None: ...
+
+
 class EventRouter:
     """Sends each decoded event where it belongs; never raises on bad input."""
 
-    def __init__(self, recorder: Recorder, liveness: WorkerLiveness, losses: LossEstimator) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        liveness: WorkerLiveness,
+        losses: LossEstimator,
+        queues: WorkerQueues,
+    ) -> None:
         self._recorder = recorder
         self._liveness = liveness
         self._losses = losses
+        self._queues = queues
 
     def on_redis_payload(self, payload: bytes) -> None:
         try:
@@ -195,18 +210,29 @@ class EventRouter:
             elif not self._liveness.accepts(hostname):
                 self._recorder.skip(DROP_OFFLINE_WORKER)
             else:
-                eta = event.get("eta")
-                if isinstance(eta, dict):  # kombu's JSON encoding of a datetime
-                    event["eta"] = eta.get("__value__")
+                if event_type == "task-received":
+                    self._complete_received(event)
                 self._recorder.record(event)
         elif event_type in WORKER_EVENTS:
             reason = self._liveness.observe(event)
             if reason is None:
+                self._queues.notice(event["hostname"])
                 self._recorder.count_received()
             else:
                 self._recorder.skip(reason)
         else:
             self._recorder.skip(DROP_UNKNOWN_TYPE)
+
+    def _complete_received(self, event: dict[str, Any]) -> None:
+        # Celery's task-received names no queue (the worker tap adds it); datetimes come
+        # in kombu's JSON encoding.
+        if "queue" not in event:
+            queue = self._queues.queue_of(event.get("hostname"))
+            if queue is not None:
+                event["queue"] = queue
+        eta = event.get("eta")
+        if isinstance(eta, dict):
+            event["eta"] = eta.get("__value__")
 
 
 # -- streams -------------------------------------------------------------------------------

@@ -197,7 +197,7 @@ class Exporter:
         self.status = BrokerStatus()
         self.queue_names = QueueNames(settings.queues, settings.limits.queues)
         self.discovery = QueueDiscovery(self.app, self.queue_names)
-        self.router = EventRouter(self.recorder, self.liveness, self.losses)
+        self.router = EventRouter(self.recorder, self.liveness, self.losses, self.discovery)
         self.receiver = EventReceiver(
             self._new_stream,
             self.status,

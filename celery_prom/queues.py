@@ -58,7 +58,12 @@ class QueueNames:
 
 
 class QueueDiscovery:
-    """Adds the queues workers consume from, asked every ``interval`` seconds."""
+    """Learns the queues workers consume from, asking every ``interval`` seconds and
+    whenever a worker it does not know yet shows up.
+
+    Celery's own ``task-received`` event does not say which queue the task came from; a
+    worker that consumes exactly one queue answers that, so ``queue_of`` gives it.
+    """
 
     def __init__(
         self,
@@ -71,7 +76,9 @@ class QueueDiscovery:
         self._names = names
         self._interval = interval
         self._reply_timeout = reply_timeout
+        self._worker_queues: dict[str, tuple[str, ...]] = {}
         self._stopped = threading.Event()
+        self._wanted = threading.Event()
         self._thread: threading.Thread | None = None
         connection = app.connection_for_read()
         self._errors: tuple[type[BaseException], ...] = (
@@ -88,35 +95,54 @@ class QueueDiscovery:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._wanted.set()
+
+    def notice(self, hostname: str) -> None:
+        """A worker sent an event; ask for its queues soon if they are not known."""
+        if hostname not in self._worker_queues:
+            self._wanted.set()
+
+    def queue_of(self, hostname: object) -> str | None:
+        """The queue a worker consumes from, when it consumes exactly one."""
+        queues = self._worker_queues.get(hostname) if isinstance(hostname, str) else None
+        return queues[0] if queues is not None and len(queues) == 1 else None
 
     def refresh(self) -> None:
         replies = self._app.control.inspect(timeout=self._reply_timeout).active_queues()
-        self._names.add(active_queue_names(replies))
+        by_worker = active_queues_by_worker(replies)
+        for queues in by_worker.values():
+            self._names.add(queues)
+        self._worker_queues = {**self._worker_queues, **by_worker}
 
     def _run(self) -> None:
         while not self._stopped.is_set():
+            self._wanted.clear()
             try:
                 self.refresh()
             except self._errors as exc:  # broker down: try again next round
                 logger.warning(
                     "celery-prom: asking workers for their queues failed: %s", describe_error(exc)
                 )
-            self._stopped.wait(self._interval)
+            self._wanted.wait(self._interval)
 
 
-def active_queue_names(replies: object) -> list[str]:
-    """Queue names from ``inspect().active_queues()`` replies, ignoring anything odd."""
+def active_queues_by_worker(replies: object) -> dict[str, tuple[str, ...]]:
+    """Each worker's queue names from ``inspect().active_queues()``, ignoring anything odd."""
     if not isinstance(replies, Mapping):
-        return []
-    names: list[str] = []
-    for queues in replies.values():
-        if not isinstance(queues, list):
+        return {}
+    by_worker: dict[str, tuple[str, ...]] = {}
+    for hostname, queues in replies.items():
+        if not isinstance(hostname, str) or not isinstance(queues, list):
             continue
-        for queue in queues:
-            name = queue.get("name") if isinstance(queue, Mapping) else None
-            if isinstance(name, str) and name and len(name) <= metrics.MAX_LABEL_VALUE_LENGTH:
-                names.append(name)
-    return names
+        names = [
+            name
+            for queue in queues
+            if isinstance(queue, Mapping)
+            and isinstance(name := queue.get("name"), str)
+            and 0 < len(name) <= metrics.MAX_LABEL_VALUE_LENGTH
+        ]
+        by_worker[hostname] = tuple(dict.fromkeys(names))
+    return by_worker
 
 
 class QueueProbe(Protocol):
