@@ -8,8 +8,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import urllib.error
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -54,8 +56,6 @@ class ExporterProcess:
         return wait_for(check, timeout=timeout, what=f"{what} on the exporter")
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        import urllib.error
-
         try:
             return 200, json.loads(http_get(f"http://127.0.0.1:{self.port}/health"))
         except urllib.error.HTTPError as exc:
@@ -245,8 +245,6 @@ class PrivateRedis:
 
 @contextlib.contextmanager
 def socket_to(port: int) -> Iterator[None]:
-    import socket
-
     with socket.create_connection(("127.0.0.1", port), timeout=1):
         yield
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,8 +13,17 @@ from typing import Any
 import pytest
 
 from tests.bootsteps.test_tap import MIX_EXPECTED, T, outcomes, send_mix
-from tests.exporter_process import plain_worker, running_exporter_for
-from tests.support import Broker, Scrape, WorkerProcess, scrape
+from tests.exporter_process import (
+    RawEvents,
+    event,
+    hostname,
+    kombu_envelope,
+    plain_worker,
+    private_redis,
+    running_exporter,
+    running_exporter_for,
+)
+from tests.support import Broker, Scrape, WorkerProcess, scrape, unique
 
 
 def worker_is_up(worker: WorkerProcess) -> Callable[[Scrape], bool]:
@@ -100,3 +113,173 @@ def _worker_port(worker: WorkerProcess) -> int:
     command = worker.process.args
     assert isinstance(command, list)
     return int(command[command.index("--prom-port") + 1])
+
+
+# -- broker faults -------------------------------------------------------------------------
+
+
+def task_events(hostname: str, first_clock: int, count: int) -> list[dict[str, Any]]:
+    """received, started and succeeded events of ``count`` tasks, as a plain worker sends."""
+    events = []
+    clock = first_clock
+    now = time.time()
+    for _ in range(count):
+        task_id = unique("t")
+        for type_, fields in (
+            ("task-received", {"name": "demo.add"}),
+            ("task-started", {}),
+            ("task-succeeded", {"runtime": 0.01}),
+        ):
+            events.append(event(type_, hostname, clock, now, uuid=task_id, **fields))
+            clock += 1
+    return events
+
+
+def succeeded(result: Scrape, host: str) -> float | None:
+    return result.value("celery_task_succeeded_total", name="demo.add", hostname=host,
+                        queue_name="celery")
+
+
+@pytest.mark.slow
+def test_serves_at_once_without_a_broker_and_connects_when_it_appears(tmp_path: Path) -> None:
+    with private_redis(tmp_path, start=False) as server, running_exporter(
+        server.url, tmp_path
+    ) as exporter:
+        first = exporter.scrape()
+        assert first is not None
+        assert first.value("celery_prom_broker_up") == 0
+        assert exporter.health()[0] == 503
+        server.start()
+        exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 1,
+                                 what="broker_up 1")
+        host = hostname()
+        raw = RawEvents(Broker(server.url))
+        raw.events(task_events(host, 1, 2))
+        result = exporter.wait_for_scrape(lambda s: succeeded(s, host) == 2, what="2 tasks")
+        assert result.value("celery_prom_broker_reconnects_total") == 0
+        assert exporter.health() == (200, {"healthy": True, "checks": {
+            "broker": "up", "broker_url": server.url, "metrics": "ok"}})
+        raw.close()
+
+
+@pytest.mark.slow
+def test_reconnects_after_the_broker_restarts_and_counters_never_go_back(
+    tmp_path: Path,
+) -> None:
+    host = hostname()
+    seen: list[float] = []
+
+    def counted(expected: int) -> Callable[[Scrape], bool]:
+        def probe(result: Scrape) -> bool:
+            seen.append(succeeded(result, host) or 0)
+            return seen[-1] == expected
+        return probe
+
+    with private_redis(tmp_path) as server, running_exporter(server.url, tmp_path) as exporter:
+        exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 1,
+                                 what="broker_up 1")
+        raw = RawEvents(Broker(server.url))
+        raw.events(task_events(host, 1, 3))
+        exporter.wait_for_scrape(counted(3), what="3 tasks")
+        raw.close()
+        for restart in (1, 2):
+            server.stop()
+            down = exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 0,
+                                            what="broker_up 0")
+            seen.append(succeeded(down, host) or 0)
+            assert exporter.health()[0] == 503
+            server.start()
+            exporter.wait_for_scrape(
+                lambda s, n=restart: s.value("celery_prom_broker_reconnects_total") == n
+                and s.value("celery_prom_broker_up") == 1,
+                what=f"reconnect {restart}",
+            )
+            raw = RawEvents(Broker(server.url))
+            raw.events(task_events(host, 100 * restart, 1))
+            exporter.wait_for_scrape(counted(3 + restart), what=f"{3 + restart} tasks")
+            raw.close()
+        assert seen == sorted(seen)
+        assert "Traceback" not in exporter.output()
+        exporter.assert_alive()
+
+
+@pytest.mark.slow
+def test_reconnects_when_rabbitmq_closes_its_connections(
+    amqp_broker: Broker, tmp_path: Path
+) -> None:
+    name = unique("celery-prom-test")
+    host = hostname()
+    with running_exporter(
+        amqp_broker.url, tmp_path,
+        transport_options={"client_properties": {"connection_name": name}},
+    ) as exporter:
+        exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 1,
+                                 what="broker_up 1")
+        raw = RawEvents(amqp_broker)
+        raw.events(task_events(host, 1, 2))
+        exporter.wait_for_scrape(lambda s: succeeded(s, host) == 2, what="2 tasks")
+        assert close_rabbitmq_connections(name) >= 1
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_prom_broker_reconnects_total") == 1, what="a reconnect"
+        )
+        raw.events(task_events(host, 10, 1))
+        exporter.wait_for_scrape(lambda s: succeeded(s, host) == 3, what="3 tasks")
+        raw.close()
+
+
+def close_rabbitmq_connections(client_name: str) -> int:
+    """Closes the RabbitMQ connections (only ours) whose client-provided name is given."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        check=True, capture_output=True, text=True, timeout=60,
+    )
+    pids = [line.split("\t", 1)[0] for line in listed.stdout.splitlines()
+            if client_name in line]
+    closed = 0
+    for pid in pids:
+        # Short-lived connections (remote control) may be gone already.
+        done = subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"],
+                              capture_output=True, timeout=60)
+        closed += done.returncode == 0
+    return closed
+
+
+@pytest.mark.slow
+def test_a_lagging_subscriber_cut_off_by_redis_reconnects_and_counts_the_loss(
+    tmp_path: Path,
+) -> None:
+    """Redis closes a subscriber whose output buffer passes the pubsub limit. Freezing the
+    exporter while a burst is published makes it lag for sure; every event sent is then
+    either received or counted as lost (from the sender's clock), exactly."""
+    host = hostname()
+    burst, after = 20_000, 10
+    with private_redis(
+        tmp_path, "--client-output-buffer-limit", "pubsub 256kb 128kb 1"
+    ) as server, running_exporter(server.url, tmp_path) as exporter:
+        exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 1,
+                                 what="broker_up 1")
+        raw = RawEvents(Broker(server.url))
+        now = time.time()
+        exporter.process.send_signal(signal.SIGSTOP)
+        try:
+            pipe = server.client().pipeline(transaction=False)
+            for clock in range(1, burst + 1):
+                payload = kombu_envelope(json.dumps(
+                    event("worker-heartbeat", host, clock, now, active=0, processed=0)).encode())
+                pipe.publish(raw._topic, payload)
+            pipe.execute()
+        finally:
+            exporter.process.send_signal(signal.SIGCONT)
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_prom_broker_reconnects_total") == 1, what="a reconnect"
+        )
+        raw.events([event("worker-heartbeat", host, clock, now, active=0, processed=0)
+                    for clock in range(burst + 1, burst + after + 1)])
+        result = exporter.wait_for_scrape(
+            lambda s: (s.value("celery_prom_events_received_total") or 0)
+            + (s.value("celery_prom_events_dropped_total", reason="lost") or 0)
+            == burst + after,
+            what="every event received or counted as lost",
+        )
+        assert (result.value("celery_prom_events_dropped_total", reason="lost") or 0) > 0
+        raw.close()
