@@ -206,8 +206,8 @@ class MaskingFormatter(logging.Formatter):
 
 def parse_broker_url(value: Any) -> str:
     if not isinstance(value, str) or "://" not in value:
-        shown = mask_secrets(value) if isinstance(value, str) else repr(value)
-        raise ValueError(f"{shown!r} is not a broker URL (like redis://host:6379/0)")
+        # Not echoed: a mistyped URL may be mostly password.
+        raise ValueError("not a broker URL (like redis://host:6379/0)")
     scheme = value.split("://", 1)[0].split("+", 1)[0]
     if not _known_transport(scheme):
         raise ValueError(f"unknown broker transport {scheme!r} in {maybe_sanitize_url(value)}")
