@@ -32,8 +32,9 @@ DEFAULT_LOG_LEVEL = "INFO"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # The credentials part of any URL: ``scheme://user:password@`` (user may be empty), up to
-# the last ``@`` of the word, so an unencoded ``@`` in a password is masked too.
-_URL_CREDENTIALS = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s'"]*):[^\s'"]*@""")
+# the last ``@`` of the word, so an unencoded ``@`` in a password is masked too. A word ends
+# at ``;`` and ``,`` too, which separate the URLs of a failover list.
+_URL_CREDENTIALS = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s'";,]*):[^\s'";,]*@""")
 
 T = TypeVar("T")
 

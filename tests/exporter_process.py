@@ -112,8 +112,17 @@ def running_exporter(
     port = free_port()
     log = tmp_path / f"exporter-{port}.log"
     command = [
-        sys.executable, "-m", "celery_prom.cli", "exporter", "--broker-url", broker_url,
-        "--host", "127.0.0.1", "--port", str(port), *transport_args(transport_options or {}),
+        sys.executable,
+        "-m",
+        "celery_prom.cli",
+        "exporter",
+        "--broker-url",
+        broker_url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *transport_args(transport_options or {}),
         *args,
     ]
     with log.open("wb") as out:
@@ -130,35 +139,43 @@ def running_exporter(
 
 
 def running_exporter_for(broker: Broker, tmp_path: Path, *args: str) -> Any:
-    return running_exporter(
-        broker.url, tmp_path, *args, transport_options=broker.transport_options
-    )
+    return running_exporter(broker.url, tmp_path, *args, transport_options=broker.transport_options)
 
 
 # -- events, published raw -------------------------------------------------------------------
 
 
 def event(type_: str, hostname: str, clock: int, timestamp: float, **fields: Any) -> dict[str, Any]:
-    return {"type": type_, "hostname": hostname, "clock": clock, "timestamp": timestamp,
-            "utcoffset": 0, "pid": 1, **fields}
+    return {
+        "type": type_,
+        "hostname": hostname,
+        "clock": clock,
+        "timestamp": timestamp,
+        "utcoffset": 0,
+        "pid": 1,
+        **fields,
+    }
 
 
-def kombu_envelope(body: bytes, content_type: str = "application/json",
-                   routing_key: str = "task.received") -> bytes:
+def kombu_envelope(
+    body: bytes, content_type: str = "application/json", routing_key: str = "task.received"
+) -> bytes:
     """A message as kombu's Redis transport publishes it (body base64-encoded)."""
-    return json.dumps({
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8",
-        "content-type": content_type,
-        "headers": {},
-        "properties": {
-            "delivery_mode": 1,
-            "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }).encode()
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": content_type,
+            "headers": {},
+            "properties": {
+                "delivery_mode": 1,
+                "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    ).encode()
 
 
 class RawEvents:
@@ -171,7 +188,8 @@ class RawEvents:
         if broker.kind == "redis":
             channel = self._connection.default_channel
             self._topic = channel.global_keyprefix + channel._get_publish_topic(
-                "celeryev", "task.received")
+                "celeryev", "task.received"
+            )
             self._redis = redis.Redis.from_url(broker.url)
 
     def close(self) -> None:
@@ -190,8 +208,12 @@ class RawEvents:
             return
         producer = Producer(self._connection.default_channel)
         producer.publish(
-            body, exchange=Exchange("celeryev", type="topic"), routing_key="task.received",
-            content_type=content_type, content_encoding="binary", declare=[],
+            body,
+            exchange=Exchange("celeryev", type="topic"),
+            routing_key="task.received",
+            content_type=content_type,
+            content_encoding="binary",
+            declare=[],
         )
 
     def payload(self, payload: bytes) -> None:
@@ -220,9 +242,22 @@ class PrivateRedis:
     def start(self) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), *self.args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                *self.args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(self._answers, timeout=20, what=f"redis-server on {self.port}")
 
@@ -274,19 +309,39 @@ def plain_worker(
     log = tmp_path / f"{name}.log"
     extra = ["--prom-port", str(free_port()), "--prom-host", "127.0.0.1"] if install else []
     command = [
-        sys.executable, "-m", "celery", "-A", "cptest_tasks", "worker", "-P", "threads",
-        "-c", "4", "-Q", queue, "-n", f"{name}@%h", "--loglevel=INFO", "--without-mingle",
-        "-E", *extra, *args,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "cptest_tasks",
+        "worker",
+        "-P",
+        "threads",
+        "-c",
+        "4",
+        "-Q",
+        queue,
+        "-n",
+        f"{name}@%h",
+        "--loglevel=INFO",
+        "--without-mingle",
+        "-E",
+        *extra,
+        *args,
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command, cwd=REPO, env=app_env(broker, queue, CPTEST_INSTALL="1" if install else "0"),
-            stdout=out, stderr=subprocess.STDOUT,
+            command,
+            cwd=REPO,
+            env=app_env(broker, queue, CPTEST_INSTALL="1" if install else "0"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     worker = WorkerProcess(name, queue, 0, process, log)
     try:
-        wait_for(lambda: "ready." in worker.output() or worker.assert_alive(),
-                 what=f"{name} to be ready")
+        wait_for(
+            lambda: "ready." in worker.output() or worker.assert_alive(), what=f"{name} to be ready"
+        )
         yield worker
     finally:
         worker.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import pickle
 from pathlib import Path
@@ -69,14 +68,32 @@ def test_a_batch_is_a_list() -> None:
         pytest.param(b"{not json", id="bad-json"),
         pytest.param(b"\xff\xfe\xfa", id="not-utf8"),
         pytest.param(b"[1, 2]", id="not-an-envelope"),
-        pytest.param(json.dumps({"body": "%%%", "content-type": "application/json",
-                                 "properties": {"body_encoding": "base64"}}).encode(),
-                     id="bad-base64"),
-        pytest.param(json.dumps({"body": 5, "content-type": "application/json",
-                                 "properties": {"body_encoding": "base64"}}).encode(),
-                     id="body-not-text"),
-        pytest.param(kombu_envelope(pickle.dumps({"type": "task-received"}),
-                                    "application/x-python-serialize"), id="pickle"),
+        pytest.param(
+            json.dumps(
+                {
+                    "body": "%%%",
+                    "content-type": "application/json",
+                    "properties": {"body_encoding": "base64"},
+                }
+            ).encode(),
+            id="bad-base64",
+        ),
+        pytest.param(
+            json.dumps(
+                {
+                    "body": 5,
+                    "content-type": "application/json",
+                    "properties": {"body_encoding": "base64"},
+                }
+            ).encode(),
+            id="body-not-text",
+        ),
+        pytest.param(
+            kombu_envelope(
+                pickle.dumps({"type": "task-received"}), "application/x-python-serialize"
+            ),
+            id="pickle",
+        ),
         pytest.param(kombu_envelope(b"{}", "application/x-msgpack"), id="msgpack"),
         pytest.param(kombu_envelope(b"\xc3\x28"), id="body-not-utf8"),
         pytest.param(kombu_envelope(b"[" * 100_000 + b"]" * 100_000), id="deep-nesting"),
@@ -109,12 +126,14 @@ def test_task_events_marked_by_an_instrumented_worker_are_skipped() -> None:
 
 def test_batches_are_routed_event_by_event() -> None:
     router, recorder, store = make_router()
-    router.route([
-        event("task-received", "w@h", 1, 1.0, uuid="u", name="t"),
-        7,
-        {"no": "type"},
-        event("task-bogus", "w@h", 2, 1.0, uuid="u"),
-    ])
+    router.route(
+        [
+            event("task-received", "w@h", 1, 1.0, uuid="u", name="t"),
+            7,
+            {"no": "type"},
+            event("task-bogus", "w@h", 2, 1.0, uuid="u"),
+        ]
+    )
     assert recorder.stats.received == 4
     assert recorder.stats.dropped == {"malformed": 2, "unknown_type": 1}
     assert received_key(store, "t", "w@h", "celery") == 1
@@ -192,8 +211,9 @@ def malformed(host: str, canary: Path) -> tuple[list[tuple[bytes, str]], dict[st
         event("task-received", host, 1, 1.0, uuid="u2", name=42),
         event("task-received", host, 1, 1.0, uuid="u3", name="x" * 10_000),
         event("task-received", host, 1, 1.0, uuid="u4", name="bad\ud800surrogate"),
-        event("task-received", host, 1, 1.0, uuid="u5", name="demo.x", sent_at=0.5,
-              eta="not a date"),
+        event(
+            "task-received", host, 1, 1.0, uuid="u5", name="demo.x", sent_at=0.5, eta="not a date"
+        ),
         event("task-started", host, 1, "soon", uuid="u6"),  # never received
         event("task-succeeded", host, 1, 1.0, uuid="never-received"),
         event("task-exploded", host, 1, 1.0, uuid="u7"),
@@ -208,11 +228,18 @@ def malformed(host: str, canary: Path) -> tuple[list[tuple[bytes, str]], dict[st
         (b"\xc3\x28\xff", "application/json"),
         (pickle.dumps(Canary()), "application/x-python-serialize"),
         (b"{}", "application/x-msgpack"),
-        (b'{"type": "task-received", "name": "' + b"y" * (MAX_PAYLOAD_BYTES + 10) + b'"}',
-         "application/json"),
+        (
+            b'{"type": "task-received", "name": "' + b"y" * (MAX_PAYLOAD_BYTES + 10) + b'"}',
+            "application/json",
+        ),
     ]
-    drops = {"malformed": 10, "invalid_field": 5, "unknown_task": 2, "unknown_type": 2,
-             "undecodable": 5}
+    drops = {
+        "malformed": 10,
+        "invalid_field": 5,
+        "unknown_task": 2,
+        "unknown_type": 2,
+        "undecodable": 5,
+    }
     return bodies, drops, len(as_json) + 1 + 5
 
 
@@ -224,8 +251,9 @@ def test_malformed_events_are_dropped_and_later_events_counted_exactly(
     canary = tmp_path / "unpickled"
     bodies, drops, events_in_bodies = malformed(host, canary)
     with running_exporter_for(broker, tmp_path) as exporter:
-        exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 1,
-                                 what="broker_up 1")
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_prom_broker_up") == 1, what="broker_up 1"
+        )
         raw = RawEvents(broker)
         for body, content_type in bodies:
             raw.body(body, content_type)
@@ -244,12 +272,16 @@ def test_malformed_events_are_dropped_and_later_events_counted_exactly(
         raw.close()
     assert dropped(result) == drops
     labels = {"name": "demo.ok", "hostname": host, "queue_name": "celery"}
-    assert [result.value(f"celery_task_{kind}_total", **labels)
-            for kind in ("received", "started", "succeeded")] == [3, 3, 3]
+    assert [
+        result.value(f"celery_task_{kind}_total", **labels)
+        for kind in ("received", "started", "succeeded")
+    ] == [3, 3, 3]
     assert result.total("celery_task_received_total", hostname=host) == 3
     assert not canary.exists()
 
 
 def dropped(result: Scrape) -> dict[str, float]:
-    return {dict(labels)["reason"]: value
-            for labels, value in result.series("celery_prom_events_dropped_total").items()}
+    return {
+        dict(labels)["reason"]: value
+        for labels, value in result.series("celery_prom_events_dropped_total").items()
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import time
@@ -11,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import GaugeMetricFamily
 
+from celery_prom.broker import BrokerStatus
+from celery_prom.events import LossEstimator
+from celery_prom.exporter import Backoff, EventReceiver, TimedCollectors
+from celery_prom.recorder import Recorder
+from celery_prom.store import TaskStore
+from celery_prom.workers import WorkerLiveness
 from tests.bootsteps.test_tap import MIX_EXPECTED, T, outcomes, send_mix
 from tests.exporter_process import (
     RawEvents,
@@ -34,9 +43,10 @@ def worker_is_up(worker: WorkerProcess) -> Callable[[Scrape], bool]:
 def test_task_events_are_counted_exactly(
     broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
 ) -> None:
-    with plain_worker(broker, tmp_path) as worker, running_exporter_for(
-        broker, tmp_path
-    ) as exporter:
+    with (
+        plain_worker(broker, tmp_path) as worker,
+        running_exporter_for(broker, tmp_path) as exporter,
+    ):
         exporter.wait_for_scrape(worker_is_up(worker), what="the worker's heartbeat")
         # The worker's queue, learned from its active_queues, also labels its tasks.
         exporter.wait_for_scrape(
@@ -44,10 +54,12 @@ def test_task_events_are_counted_exactly(
             what="the worker's queue",
         )
         send_mix(client_app_for(broker, worker.queue))
-        total = sum(e.succeeded + e.retried + sum(n for _, n in e.failures)
-                    for e in MIX_EXPECTED.values())
-        result = exporter.wait_for_scrape(lambda s: outcomes(s, worker) >= total,
-                                          what=f"{total} outcomes")
+        total = sum(
+            e.succeeded + e.retried + sum(n for _, n in e.failures) for e in MIX_EXPECTED.values()
+        )
+        result = exporter.wait_for_scrape(
+            lambda s: outcomes(s, worker) >= total, what=f"{total} outcomes"
+        )
         assert task_counts(result, worker) == {
             name: {
                 "received": want.received,
@@ -71,23 +83,32 @@ def test_task_events_are_counted_exactly(
 def test_an_instrumented_worker_is_not_counted_twice(
     redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
 ) -> None:
-    with plain_worker(redis_broker, tmp_path, install=True) as worker, running_exporter_for(
-        redis_broker, tmp_path
-    ) as exporter:
+    with (
+        plain_worker(redis_broker, tmp_path, install=True) as worker,
+        running_exporter_for(redis_broker, tmp_path) as exporter,
+    ):
         exporter.wait_for_scrape(worker_is_up(worker), what="the worker's heartbeat")
         app = client_app_for(redis_broker, worker.queue)
         for _ in range(5):
             app.send_task(f"{T}noop")
         # received, started and succeeded for each task: all counted by the worker itself.
         result = exporter.wait_for_scrape(
-            lambda s: s.value("celery_prom_events_dropped_total",
-                              reason="recorded_by_worker") == 15,
+            lambda s: (
+                s.value("celery_prom_events_dropped_total", reason="recorded_by_worker") == 15
+            ),
             what="15 task events skipped",
         )
         assert result.total("celery_task_received_total", hostname=worker.hostname) == 0
         own = scrape(_worker_port(worker))
-        assert own.value("celery_task_succeeded_total", name=f"{T}noop",
-                         hostname=worker.hostname, queue_name=worker.queue) == 5
+        assert (
+            own.value(
+                "celery_task_succeeded_total",
+                name=f"{T}noop",
+                hostname=worker.hostname,
+                queue_name=worker.queue,
+            )
+            == 5
+        )
 
 
 def task_counts(result: Scrape, worker: WorkerProcess) -> dict[str, dict[str, object]]:
@@ -136,29 +157,37 @@ def task_events(hostname: str, first_clock: int, count: int) -> list[dict[str, A
 
 
 def succeeded(result: Scrape, host: str) -> float | None:
-    return result.value("celery_task_succeeded_total", name="demo.add", hostname=host,
-                        queue_name="celery")
+    return result.value(
+        "celery_task_succeeded_total", name="demo.add", hostname=host, queue_name="celery"
+    )
 
 
 @pytest.mark.slow
 def test_serves_at_once_without_a_broker_and_connects_when_it_appears(tmp_path: Path) -> None:
-    with private_redis(tmp_path, start=False) as server, running_exporter(
-        server.url, tmp_path
-    ) as exporter:
+    with (
+        private_redis(tmp_path, start=False) as server,
+        running_exporter(server.url, tmp_path) as exporter,
+    ):
         first = exporter.scrape()
         assert first is not None
         assert first.value("celery_prom_broker_up") == 0
         assert exporter.health()[0] == 503
         server.start()
-        exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 1,
-                                 what="broker_up 1")
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_prom_broker_up") == 1, what="broker_up 1"
+        )
         host = hostname()
         raw = RawEvents(Broker(server.url))
         raw.events(task_events(host, 1, 2))
         result = exporter.wait_for_scrape(lambda s: succeeded(s, host) == 2, what="2 tasks")
         assert result.value("celery_prom_broker_reconnects_total") == 0
-        assert exporter.health() == (200, {"healthy": True, "checks": {
-            "broker": "up", "broker_url": server.url, "metrics": "ok"}})
+        assert exporter.health() == (
+            200,
+            {
+                "healthy": True,
+                "checks": {"broker": "up", "broker_url": server.url, "metrics": "ok"},
+            },
+        )
         raw.close()
 
 
@@ -173,25 +202,30 @@ def test_reconnects_after_the_broker_restarts_and_counters_never_go_back(
         def probe(result: Scrape) -> bool:
             seen.append(succeeded(result, host) or 0)
             return seen[-1] == expected
+
         return probe
 
     with private_redis(tmp_path) as server, running_exporter(server.url, tmp_path) as exporter:
-        exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 1,
-                                 what="broker_up 1")
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_prom_broker_up") == 1, what="broker_up 1"
+        )
         raw = RawEvents(Broker(server.url))
         raw.events(task_events(host, 1, 3))
         exporter.wait_for_scrape(counted(3), what="3 tasks")
         raw.close()
         for restart in (1, 2):
             server.stop()
-            down = exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 0,
-                                            what="broker_up 0")
+            down = exporter.wait_for_scrape(
+                lambda s: s.value("celery_prom_broker_up") == 0, what="broker_up 0"
+            )
             seen.append(succeeded(down, host) or 0)
             assert exporter.health()[0] == 503
             server.start()
             exporter.wait_for_scrape(
-                lambda s, n=restart: s.value("celery_prom_broker_reconnects_total") == n
-                and s.value("celery_prom_broker_up") == 1,
+                lambda s, n=restart: (
+                    s.value("celery_prom_broker_reconnects_total") == n
+                    and s.value("celery_prom_broker_up") == 1
+                ),
                 what=f"reconnect {restart}",
             )
             raw = RawEvents(Broker(server.url))
@@ -210,11 +244,13 @@ def test_reconnects_when_rabbitmq_closes_its_connections(
     name = unique("celery-prom-test")
     host = hostname()
     with running_exporter(
-        amqp_broker.url, tmp_path,
+        amqp_broker.url,
+        tmp_path,
         transport_options={"client_properties": {"connection_name": name}},
     ) as exporter:
-        exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 1,
-                                 what="broker_up 1")
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_prom_broker_up") == 1, what="broker_up 1"
+        )
         raw = RawEvents(amqp_broker)
         raw.events(task_events(host, 1, 2))
         exporter.wait_for_scrape(lambda s: succeeded(s, host) == 2, what="2 tasks")
@@ -231,15 +267,21 @@ def close_rabbitmq_connections(client_name: str) -> int:
     """Closes the RabbitMQ connections (only ours) whose client-provided name is given."""
     listed = subprocess.run(
         ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        check=True, capture_output=True, text=True, timeout=60,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    pids = [line.split("\t", 1)[0] for line in listed.stdout.splitlines()
-            if client_name in line]
+    pids = [line.split("\t", 1)[0] for line in listed.stdout.splitlines() if client_name in line]
     closed = 0
     for pid in pids:
         # Short-lived connections (remote control) may be gone already.
-        done = subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=False,
-                              capture_output=True, timeout=60)
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pid, "test"],
+            check=False,
+            capture_output=True,
+            timeout=60,
+        )
         closed += done.returncode == 0
     return closed
 
@@ -253,19 +295,24 @@ def test_a_lagging_subscriber_cut_off_by_redis_reconnects_and_counts_the_loss(
     either received or counted as lost (from the sender's clock), exactly."""
     host = hostname()
     burst, after = 20_000, 10
-    with private_redis(
-        tmp_path, "--client-output-buffer-limit", "pubsub 256kb 128kb 1"
-    ) as server, running_exporter(server.url, tmp_path) as exporter:
-        exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 1,
-                                 what="broker_up 1")
+    with (
+        private_redis(tmp_path, "--client-output-buffer-limit", "pubsub 256kb 128kb 1") as server,
+        running_exporter(server.url, tmp_path) as exporter,
+    ):
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_prom_broker_up") == 1, what="broker_up 1"
+        )
         raw = RawEvents(Broker(server.url))
         now = time.time()
         exporter.process.send_signal(signal.SIGSTOP)
         try:
             pipe = server.client().pipeline(transaction=False)
             for clock in range(1, burst + 1):
-                payload = kombu_envelope(json.dumps(
-                    event("worker-heartbeat", host, clock, now, active=0, processed=0)).encode())
+                payload = kombu_envelope(
+                    json.dumps(
+                        event("worker-heartbeat", host, clock, now, active=0, processed=0)
+                    ).encode()
+                )
                 pipe.publish(raw._topic, payload)
             pipe.execute()
         finally:
@@ -273,13 +320,108 @@ def test_a_lagging_subscriber_cut_off_by_redis_reconnects_and_counts_the_loss(
         exporter.wait_for_scrape(
             lambda s: s.value("celery_prom_broker_reconnects_total") == 1, what="a reconnect"
         )
-        raw.events([event("worker-heartbeat", host, clock, now, active=0, processed=0)
-                    for clock in range(burst + 1, burst + after + 1)])
+        raw.events(
+            [
+                event("worker-heartbeat", host, clock, now, active=0, processed=0)
+                for clock in range(burst + 1, burst + after + 1)
+            ]
+        )
         result = exporter.wait_for_scrape(
-            lambda s: (s.value("celery_prom_events_received_total") or 0)
-            + (s.value("celery_prom_events_dropped_total", reason="lost") or 0)
-            == burst + after,
+            lambda s: (
+                (s.value("celery_prom_events_received_total") or 0)
+                + (s.value("celery_prom_events_dropped_total", reason="lost") or 0)
+                == burst + after
+            ),
             what="every event received or counted as lost",
         )
         assert (result.value("celery_prom_events_dropped_total", reason="lost") or 0) > 0
         raw.close()
+
+
+# -- the receiver loop and collectors, in isolation ------------------------------------------
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
+    backoff = Backoff(first=0.5, cap=4.0, rng=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(7)]
+    ceilings = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert len(set(delays)) == 7
+    backoff.reset()
+    assert backoff.next_delay() <= 0.5
+
+
+class FlakyStream:
+    """Fails to connect twice, then delivers and breaks; the third connection stops it."""
+
+    errors = (ConnectionError,)
+    attempts = 0
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self._stop = stop
+
+    def connect(self) -> None:
+        FlakyStream.attempts += 1
+        if FlakyStream.attempts in (1, 2):
+            raise ConnectionError("refused by redis://:pw@h/0")
+
+    def pump(self, stopped: Any) -> None:
+        if FlakyStream.attempts == 3:
+            raise ConnectionError("reset")
+        self._stop()
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_receiver_retries_until_stopped_and_counts_reconnects() -> None:
+    status = BrokerStatus()
+    recorder = Recorder(TaskStore())
+    liveness = WorkerLiveness(30, 600, on_purge=lambda host: None)
+    receiver: EventReceiver
+
+    def new_stream() -> FlakyStream:
+        return FlakyStream(receiver.stop)
+
+    receiver = EventReceiver(
+        new_stream,
+        status,
+        liveness,
+        LossEstimator(recorder),
+        safe_url="redis://:**@h/0",
+        backoff=Backoff(first=0.001, cap=0.002),
+    )
+    FlakyStream.attempts = 0
+    receiver.run()
+    assert FlakyStream.attempts == 4
+    assert sample_of(status, "celery_prom_broker_reconnects_total") == 1
+
+
+class Broken:
+    def collect(self) -> Any:
+        raise RuntimeError("no")
+
+
+class Fine:
+    def collect(self) -> Any:
+        gauge = GaugeMetricFamily("demo_value", "A value.")
+        gauge.add_metric((), 3)
+        yield gauge
+
+
+def test_a_failing_collector_reports_itself_and_the_others_still_serve() -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TimedCollectors({"broken": Broken(), "fine": Fine()}))
+    assert registry.get_sample_value("demo_value") == 3
+    assert registry.get_sample_value("celery_prom_collector_success", {"collector": "broken"}) == 0
+    assert registry.get_sample_value("celery_prom_collector_success", {"collector": "fine"}) == 1
+    assert (
+        registry.get_sample_value("celery_prom_collector_duration_seconds", {"collector": "fine"})
+        is not None
+    )
+
+
+def sample_of(collector: Any, name: str) -> float | None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry.get_sample_value(name)

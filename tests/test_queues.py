@@ -77,7 +77,10 @@ def test_rabbitmq_reports_ready_messages_and_consumers_past_a_missing_queue(
         expected = [QueueSize(busy, 3, 0), QueueSize(missing, 0, 0), QueueSize(idle, 1, 1)]
         assert probe.sizes([busy, missing, idle]) == expected
         assert probe.sizes([missing, missing, busy]) == [
-            QueueSize(missing, 0, 0), QueueSize(missing, 0, 0), QueueSize(busy, 3, 0)]
+            QueueSize(missing, 0, 0),
+            QueueSize(missing, 0, 0),
+            QueueSize(busy, 3, 0),
+        ]
         consumer.cancel()
         for queue in queues:
             queue(channel).delete()
@@ -130,8 +133,9 @@ def test_a_query_that_does_not_return_fails_the_collector_and_is_not_repeated(
 def test_a_failing_query_marks_the_broker_down_with_a_masked_error() -> None:
     status = BrokerStatus()
     status.receiver_connected(reconnect=False)
-    collector = QueueCollector(QueueNames(["a"], 10), FailingProbe(), status,
-                               BoundedCall(5, "test-query"))
+    collector = QueueCollector(
+        QueueNames(["a"], 10), FailingProbe(), status, BoundedCall(5, "test-query")
+    )
     with pytest.raises(ConnectionRefusedError):
         list(collector.collect())
     assert not status.up
@@ -156,11 +160,13 @@ def test_active_queues_replies_are_read_defensively() -> None:
 
 @pytest.mark.slow
 def test_a_frozen_broker_turns_into_broker_down_not_a_hung_scrape(tmp_path: Path) -> None:
-    with private_redis(tmp_path) as server, running_exporter(
-        server.url, tmp_path, "-Q", "jobs", "--broker-timeout", "1"
-    ) as exporter:
-        exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 1,
-                                 what="broker_up 1")
+    with (
+        private_redis(tmp_path) as server,
+        running_exporter(server.url, tmp_path, "-Q", "jobs", "--broker-timeout", "1") as exporter,
+    ):
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_prom_broker_up") == 1, what="broker_up 1"
+        )
         assert server.process is not None
         server.process.send_signal(signal.SIGSTOP)
         try:
@@ -173,7 +179,9 @@ def test_a_frozen_broker_turns_into_broker_down_not_a_hung_scrape(tmp_path: Path
         finally:
             server.process.send_signal(signal.SIGCONT)
         exporter.wait_for_scrape(
-            lambda s: s.value("celery_prom_broker_up") == 1
-            and s.value("celery_queue_length", queue_name="jobs") == 0,
+            lambda s: (
+                s.value("celery_prom_broker_up") == 1
+                and s.value("celery_queue_length", queue_name="jobs") == 0
+            ),
             what="the broker back",
         )

@@ -126,24 +126,30 @@ def test_the_exporter_purges_a_silent_worker_and_drops_its_late_events(
     with running_exporter_for(
         redis_broker, tmp_path, "--worker-timeout", "1", "--purge-offline-after", "2"
     ) as exporter:
-        exporter.wait_for_scrape(lambda s: s.value("celery_prom_broker_up") == 1,
-                                 what="broker_up 1")
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_prom_broker_up") == 1, what="broker_up 1"
+        )
         raw = RawEvents(redis_broker)
         sent = time.time()
-        raw.events([
-            event("worker-heartbeat", host, 1, sent, active=1, processed=1),
-            event("task-received", host, 2, sent, uuid="t1", name="demo.slow"),
-        ])
+        raw.events(
+            [
+                event("worker-heartbeat", host, 1, sent, active=1, processed=1),
+                event("task-received", host, 2, sent, uuid="t1", name="demo.slow"),
+            ]
+        )
         exporter.wait_for_scrape(
             lambda s: s.value("celery_worker_up", hostname=host) == 1 and task_series(s) == 1,
             what="the worker up with one task",
         )
-        exporter.wait_for_scrape(lambda s: s.value("celery_worker_up", hostname=host) is None,
-                                 what="the worker purged")
-        raw.events([
-            event("task-started", host, 3, sent + 0.5, uuid="t1"),
-            event("worker-heartbeat", host, 4, sent + 0.5),
-        ])
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_worker_up", hostname=host) is None, what="the worker purged"
+        )
+        raw.events(
+            [
+                event("task-started", host, 3, sent + 0.5, uuid="t1"),
+                event("worker-heartbeat", host, 4, sent + 0.5),
+            ]
+        )
         late = exporter.wait_for_scrape(
             lambda s: s.value("celery_prom_events_dropped_total", reason="offline_worker") == 2,
             what="two late events dropped",
@@ -151,6 +157,7 @@ def test_the_exporter_purges_a_silent_worker_and_drops_its_late_events(
         assert late.value("celery_worker_up", hostname=host) is None
         assert task_series(late) == 0
         raw.events([event("worker-heartbeat", host, 5, time.time() + 5)])
-        exporter.wait_for_scrape(lambda s: s.value("celery_worker_up", hostname=host) == 1,
-                                 what="the worker back")
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_worker_up", hostname=host) == 1, what="the worker back"
+        )
         raw.close()
