@@ -32,9 +32,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import redis
+from celery import Celery
+from prometheus_client import Counter, start_http_server
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402 - benchmarks run as scripts
+from common import (  # benchmarks run as scripts, next to this module
     PYTHON,
     REPO,
     free_port,
@@ -119,8 +123,6 @@ def flood_payloads(index: int, count: int, clock_start: int) -> list[tuple[str, 
 
 
 def publish(port: int, index: int, rate: float, seconds: float, clock_start: int) -> None:
-    import redis
-
     count = int(rate * seconds)
     payloads = flood_payloads(index, count, clock_start)
     client = redis.Redis(port=port)
@@ -246,9 +248,6 @@ def consumers(redis_port: int) -> list[Consumer]:
 
 
 def stock_receiver(broker: str, port: int) -> None:
-    from celery import Celery
-    from prometheus_client import Counter, start_http_server
-
     counter = Counter("stock_events", "Events the stock EventReceiver handled.")
     start_http_server(port, addr="127.0.0.1")
     app = Celery(broker=broker)
@@ -294,8 +293,6 @@ def measure(
 
 def warm_up(consumer: Consumer, redis_port: int) -> None:
     """Publish single events until the consumer counts one: its subscription is live."""
-    import redis
-
     client = redis.Redis(port=redis_port)
     payload = flood_payloads(9, 1, 0)[0][1]
 
