@@ -5,10 +5,12 @@
 
 Needs the ``bench`` extra (Flower). On a private redis-server with stock settings, separate
 publisher processes offer task events (received, started, succeeded of 20 task names from 8
-worker hostnames; one event per message, the worst case) at a fixed rate. Three consumers
+worker hostnames; one event per message, the worst case) at a fixed rate. Four consumers
 take the same floods one after another, in the same run:
 
 * ``celery-prom exporter`` (its Redis event stream, hiredis parsing, the shared recorder),
+* the same exporter's recorder behind its generic kombu consumer (the path other brokers
+  take), to show what reading Redis directly buys,
 * Flower 2 (``celery flower``; its /metrics counts ``flower_events_total``),
 * Celery's stock ``EventReceiver`` doing nothing but counting (an upper bound for anything
   built on it).
@@ -35,6 +37,10 @@ from pathlib import Path
 import redis
 from celery import Celery
 from prometheus_client import Counter, start_http_server
+
+from celery_prom.config import ExporterSettings
+from celery_prom.events import KombuEventStream
+from celery_prom.exporter import EventReceiver, Exporter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -201,7 +207,7 @@ class Consumer:
 
 def consumers(redis_port: int) -> list[Consumer]:
     url = f"redis://127.0.0.1:{redis_port}/0"
-    ours, flower, stock = free_port(), free_port(), free_port()
+    ours, flower, stock, kombu_path = free_port(), free_port(), free_port(), free_port()
     return [
         Consumer(
             "celery-prom exporter",
@@ -239,6 +245,12 @@ def consumers(redis_port: int) -> list[Consumer]:
             "flower_events_total",
         ),
         Consumer(
+            "celery-prom, kombu path",
+            [PYTHON, __file__, "kombu-path", "--broker", url, "--port", str(kombu_path)],
+            kombu_path,
+            "celery_prom_events_received_total",
+        ),
+        Consumer(
             "celery EventReceiver",
             [PYTHON, __file__, "stock-receiver", "--broker", url, "--port", str(stock)],
             stock,
@@ -260,6 +272,22 @@ def stock_receiver(broker: str, port: int) -> None:
                 receiver.capture(limit=None, timeout=None, wakeup=False)
         except connection.connection_errors:
             time.sleep(1)
+
+
+def kombu_path(broker: str, port: int) -> None:
+    """The exporter's recorder behind its generic kombu consumer (used for brokers other
+    than Redis), on Redis: what the direct Redis stream is measured against."""
+    exporter = Exporter(ExporterSettings(broker_url=broker, host="127.0.0.1", port=port))
+    exporter.bind()
+    assert exporter.server is not None
+    exporter.server.start()
+    EventReceiver(
+        lambda: KombuEventStream(broker, {}, "celeryev", 2.0, exporter.router.on_message_body),
+        exporter.status,
+        exporter.liveness,
+        exporter.losses,
+        safe_url=broker,
+    ).run()
 
 
 def measure(
@@ -347,6 +375,12 @@ if __name__ == "__main__":
         publisher.add_argument("--clock-start", type=int)
         a = publisher.parse_args(sys.argv[2:])
         publish(a.port, a.index, a.rate, a.seconds, a.clock_start)
+    elif len(sys.argv) > 1 and sys.argv[1] == "kombu-path":
+        receiver = argparse.ArgumentParser()
+        receiver.add_argument("--broker")
+        receiver.add_argument("--port", type=int)
+        a = receiver.parse_args(sys.argv[2:])
+        kombu_path(a.broker, a.port)
     elif len(sys.argv) > 1 and sys.argv[1] == "stock-receiver":
         receiver = argparse.ArgumentParser()
         receiver.add_argument("--broker")
