@@ -245,8 +245,9 @@ def malformed(host: str, canary: Path) -> tuple[list[tuple[bytes, str]], dict[st
 
 @pytest.mark.slow
 def test_malformed_events_are_dropped_and_later_events_counted_exactly(
-    broker: Broker, tmp_path: Path
+    own_broker: Broker, tmp_path: Path
 ) -> None:
+    broker = own_broker
     host = hostname()
     canary = tmp_path / "unpickled"
     bodies, drops, events_in_bodies = malformed(host, canary)
@@ -265,8 +266,10 @@ def test_malformed_events_are_dropped_and_later_events_counted_exactly(
             raw.payload(b"\xff" * 10)
             drops["undecodable"] += 2
             expected_received += 2
+        # A scrape renders task series before the event counts, so wait for both.
         result = exporter.wait_for_scrape(
-            lambda s: s.value("celery_prom_events_received_total") == expected_received,
+            lambda s: s.value("celery_prom_events_received_total") == expected_received
+            and s.total("celery_task_succeeded_total", hostname=host) == 3,
             what=f"{expected_received} events",
         )
         raw.close()

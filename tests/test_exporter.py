@@ -41,8 +41,9 @@ def worker_is_up(worker: WorkerProcess) -> Callable[[Scrape], bool]:
 
 @pytest.mark.slow
 def test_task_events_are_counted_exactly(
-    broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+    own_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
 ) -> None:
+    broker = own_broker
     with (
         plain_worker(broker, tmp_path) as worker,
         running_exporter_for(broker, tmp_path) as exporter,
@@ -81,8 +82,9 @@ def test_task_events_are_counted_exactly(
 
 @pytest.mark.slow
 def test_an_instrumented_worker_is_not_counted_twice(
-    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+    own_redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
 ) -> None:
+    redis_broker = own_redis_broker
     with (
         plain_worker(redis_broker, tmp_path, install=True) as worker,
         running_exporter_for(redis_broker, tmp_path) as exporter,

@@ -116,8 +116,9 @@ def test_no_purge_while_disconnected_nor_before_workers_could_report_again() -> 
 
 @pytest.mark.slow
 def test_the_exporter_purges_a_silent_worker_and_drops_its_late_events(
-    redis_broker: Broker, tmp_path: Path
+    own_redis_broker: Broker, tmp_path: Path
 ) -> None:
+    redis_broker = own_redis_broker
     host = hostname()
 
     def task_series(result: Scrape) -> float:
