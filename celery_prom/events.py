@@ -337,7 +337,7 @@ class RedisEventStream:
                 raise ConnectionLost("the broker closed the event subscription")
             last_read = time.monotonic()
             ping_sent = None
-            reader.feed(buffer, 0, size)
+            reader.feed(buffer, 0, size)  # type: ignore[arg-type]  # any buffer works
             reply = reader.gets()
             while reply is not False:
                 if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":

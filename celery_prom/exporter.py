@@ -96,9 +96,16 @@ class EventReceiver:
         connected_before = False
         while not self.stopped.is_set():
             stream = self._new_stream()
+            # TypeError and ValueError: transport options the client library rejects; the
+            # message says which, and /health shows it until the options are fixed.
+            connect_errors: tuple[type[BaseException], ...] = (
+                *stream.errors,
+                TypeError,
+                ValueError,
+            )
             try:
                 stream.connect()
-            except stream.errors as exc:
+            except connect_errors as exc:
                 self._close(stream)
                 self._wait_after_failure("cannot connect to", exc)
                 continue
