@@ -369,7 +369,8 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
 
 
 class FlakyStream:
-    """Fails to connect twice, then delivers and breaks; the third connection stops it."""
+    """Fails to connect twice (broker down, then options rejected), then delivers and
+    breaks; the third connection stops it."""
 
     errors = (ConnectionError,)
     attempts = 0
@@ -379,8 +380,10 @@ class FlakyStream:
 
     def connect(self) -> None:
         FlakyStream.attempts += 1
-        if FlakyStream.attempts in (1, 2):
+        if FlakyStream.attempts == 1:
             raise ConnectionError("refused by redis://:pw@h/0")
+        if FlakyStream.attempts == 2:
+            raise TypeError("unexpected keyword argument 'bogus'")  # a bad transport option
 
     def pump(self, stopped: Any) -> None:
         if FlakyStream.attempts == 3:
