@@ -303,7 +303,10 @@ def hostname() -> str:
 def plain_worker(
     broker: Broker, tmp_path: Path, *args: str, install: bool = False
 ) -> Iterator[WorkerProcess]:
-    """A worker of the test app sending task events (``-E``), with or without the bootstep."""
+    """A worker of the test app sending task events (``-E``), with or without the bootstep.
+
+    Prefork runs an event loop, so its task events travel in ``task.multi`` batches.
+    """
     queue = unique("q")
     name = unique("w")
     log = tmp_path / f"{name}.log"
@@ -316,9 +319,9 @@ def plain_worker(
         "cptest_tasks",
         "worker",
         "-P",
-        "threads",
+        "prefork",
         "-c",
-        "4",
+        "2",
         "-Q",
         queue,
         "-n",

@@ -32,7 +32,7 @@ from tests.exporter_process import (
     running_exporter,
     running_exporter_for,
 )
-from tests.support import Broker, Scrape, WorkerProcess, scrape, unique
+from tests.support import Broker, Scrape, WorkerProcess, http_get, scrape, unique
 
 
 def worker_is_up(worker: WorkerProcess) -> Callable[[Scrape], bool]:
@@ -189,6 +189,7 @@ def test_serves_at_once_without_a_broker_and_connects_when_it_appears(tmp_path: 
         assert first is not None
         assert first.value("celery_prom_broker_up") == 0
         assert exporter.health()[0] == 503
+        assert "<h1>celery-prom exporter</h1>" in http_get(f"http://127.0.0.1:{exporter.port}/")
         server.start()
         exporter.wait_for_scrape(
             lambda s: s.value("celery_prom_broker_up") == 1, what="broker_up 1"
