@@ -268,8 +268,10 @@ def test_malformed_events_are_dropped_and_later_events_counted_exactly(
             expected_received += 2
         # A scrape renders task series before the event counts, so wait for both.
         result = exporter.wait_for_scrape(
-            lambda s: s.value("celery_prom_events_received_total") == expected_received
-            and s.total("celery_task_succeeded_total", hostname=host) == 3,
+            lambda s: (
+                s.value("celery_prom_events_received_total") == expected_received
+                and s.total("celery_task_succeeded_total", hostname=host) == 3
+            ),
             what=f"{expected_received} events",
         )
         raw.close()
