@@ -199,7 +199,10 @@ class Exporter:
         self.recorder = Recorder(self.store)
         self.losses = LossEstimator(self.recorder)
         self.liveness = WorkerLiveness(
-            settings.worker_timeout, settings.purge_offline_after, self._forget_worker
+            settings.worker_timeout,
+            settings.purge_offline_after,
+            self._forget_worker,
+            max_workers=settings.limits.hostnames,
         )
         self.status = BrokerStatus()
         self.queue_names = QueueNames(settings.queues, settings.limits.queues)

@@ -25,7 +25,12 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from celery_prom import metrics
-from celery_prom.recorder import DROP_INVALID_FIELD, DROP_MALFORMED, DROP_OFFLINE_WORKER
+from celery_prom.recorder import (
+    DROP_INVALID_FIELD,
+    DROP_MALFORMED,
+    DROP_OFFLINE_WORKER,
+    DROP_TOO_MANY_WORKERS,
+)
 
 #: Purged workers remembered, so that their late events stay dropped.
 MAX_TOMBSTONES = 10_000
@@ -57,7 +62,8 @@ class WorkerLiveness:
     """Heartbeat bookkeeping per hostname; thread-safe.
 
     ``on_purge(hostname)`` is called (outside the lock) for every worker purged, so the
-    task store and recorder can forget it too.
+    task store and recorder can forget it too. At most ``max_workers`` are tracked: events
+    of further hostnames are dropped until some are purged.
     """
 
     def __init__(
@@ -66,9 +72,11 @@ class WorkerLiveness:
         purge_offline_after: float,
         on_purge: Callable[[str], None],
         clock: Clock | None = None,
+        max_workers: int = 2000,
     ) -> None:
         self.worker_timeout = worker_timeout
         self.purge_offline_after = purge_offline_after
+        self.max_workers = max_workers
         self._on_purge = on_purge
         self._clock = clock or Clock()
         self._workers: dict[str, _Worker] = {}
@@ -96,6 +104,8 @@ class WorkerLiveness:
         with self._lock:
             if hostname in self._tombstones and not self._revives(hostname, event_type, sent_at):
                 return DROP_OFFLINE_WORKER
+            if hostname not in self._workers and len(self._workers) >= self.max_workers:
+                return DROP_TOO_MANY_WORKERS
             self._tombstones.pop(hostname, None)
             self._apply(hostname, event_type, sent_at, active, processed)
         return None

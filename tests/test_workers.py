@@ -55,6 +55,18 @@ def test_a_worker_is_up_while_heartbeats_arrive_within_the_timeout() -> None:
     assert h.value("celery_worker_tasks_active", "w@h") is None
 
 
+def test_hostnames_past_the_cap_are_dropped() -> None:
+    h = Harness()
+    h.liveness.max_workers = 2
+    assert [h.liveness.observe(heartbeat(f"w{n}@h", 1.0)) for n in range(3)] == [
+        None,
+        None,
+        "too_many_workers",
+    ]
+    assert h.liveness.observe(heartbeat("w0@h", 2.0)) is None
+    assert h.value("celery_worker_up", "w2@h") is None
+
+
 def test_worker_offline_marks_it_down_at_once() -> None:
     h = Harness()
     h.liveness.observe(heartbeat("w@h", 5.0))
