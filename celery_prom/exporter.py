@@ -49,7 +49,7 @@ class Backoff:
     ``first * 2**n`` (capped), so a fleet of exporters does not reconnect in lockstep."""
 
     def __init__(
-        self, first: float = 0.5, cap: float = 30.0, rng: random.Random | None = None
+        self, first: float = 0.5, cap: float = 10.0, rng: random.Random | None = None
     ) -> None:
         self.first = first
         self.cap = cap
