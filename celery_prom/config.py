@@ -8,16 +8,33 @@ a bad one becomes a one-line ``ConfigError`` naming its source, never a tracebac
 from __future__ import annotations
 
 import ipaddress
+import json
+import logging
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.utils.url import maybe_sanitize_url
 
 from celery_prom import metrics
 from celery_prom.store import LabelLimits
 
 DEFAULT_PORT = 9808
 DEFAULT_HOST = "0.0.0.0"
+DEFAULT_WORKER_TIMEOUT = 30.0
+DEFAULT_PURGE_OFFLINE_AFTER = 600.0
+DEFAULT_BROKER_TIMEOUT = 2.0
+DEFAULT_EVENT_EXCHANGE = "celeryev"
+DEFAULT_LOG_LEVEL = "INFO"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# The credentials part of any URL: ``scheme://user:password@`` (user may be empty), up to
+# the last ``@`` of the word, so an unencoded ``@`` in a password is masked too. A word ends
+# at ``;`` and ``,`` too, which separate the URLs of a failover list.
+_URL_CREDENTIALS = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s'";,]*):[^\s'";,]*@""")
 
 T = TypeVar("T")
 
@@ -97,6 +114,187 @@ class WorkerSettings:
                 exceptions=source.get("max_exceptions", parse_positive_int, defaults.exceptions),
             ),
         )
+
+
+@dataclass(frozen=True)
+class ExporterSettings:
+    """``celery-prom exporter`` (and ``celery prom``) settings; see ``resolve``."""
+
+    broker_url: str
+    port: int = DEFAULT_PORT
+    host: str = DEFAULT_HOST
+    queues: tuple[str, ...] = ()
+    transport_options: Mapping[str, Any] = field(default_factory=dict)
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
+    purge_offline_after: float = DEFAULT_PURGE_OFFLINE_AFTER
+    broker_timeout: float = DEFAULT_BROKER_TIMEOUT
+    event_exchange: str = DEFAULT_EVENT_EXCHANGE
+    log_level: str = DEFAULT_LOG_LEVEL
+    runtime_buckets: tuple[float, ...] = metrics.DEFAULT_RUNTIME_BUCKETS
+    queue_wait_buckets: tuple[float, ...] = metrics.DEFAULT_QUEUE_WAIT_BUCKETS
+    limits: LabelLimits = field(default_factory=LabelLimits)
+
+    @property
+    def safe_broker_url(self) -> str:
+        """The broker URL with its password masked, for logs, errors and /health."""
+        return mask_secrets(self.broker_url)
+
+    @classmethod
+    def resolve(
+        cls,
+        source: Source,
+        default_broker_url: str | None = None,
+        default_queues: Sequence[str] = (),
+        default_transport_options: Mapping[str, Any] | None = None,
+        default_event_exchange: str = DEFAULT_EVENT_EXCHANGE,
+    ) -> ExporterSettings:
+        """Settings from ``source``; the defaults are an app's own (for ``celery prom``).
+
+        Queues given on the command line or in the environment add to the app's queues, and
+        transport options given there override the app's option of the same name.
+        """
+        broker_url = source.get("broker_url", parse_broker_url, default_broker_url)
+        if broker_url is None:
+            raise ConfigError("no broker URL: pass --broker-url or set CELERY_PROM_BROKER_URL")
+        defaults = LabelLimits()
+        no_queues: tuple[str, ...] = ()
+        no_options: dict[str, Any] = {}
+        queues = source.get("queues", parse_queues, no_queues)
+        options = source.get("broker_transport_option", parse_transport_options, no_options)
+        return cls(
+            broker_url=broker_url,
+            port=source.get("port", parse_port, DEFAULT_PORT),
+            host=source.get("host", parse_host, DEFAULT_HOST),
+            queues=tuple(dict.fromkeys((*default_queues, *queues))),
+            transport_options={**(default_transport_options or {}), **options},
+            worker_timeout=source.get("worker_timeout", parse_seconds, DEFAULT_WORKER_TIMEOUT),
+            purge_offline_after=source.get(
+                "purge_offline_after", parse_seconds, DEFAULT_PURGE_OFFLINE_AFTER
+            ),
+            broker_timeout=source.get("broker_timeout", parse_seconds, DEFAULT_BROKER_TIMEOUT),
+            event_exchange=source.get("event_exchange", parse_name, default_event_exchange),
+            log_level=source.get("log_level", parse_log_level, DEFAULT_LOG_LEVEL),
+            runtime_buckets=source.get(
+                "runtime_buckets", parse_buckets, metrics.DEFAULT_RUNTIME_BUCKETS
+            ),
+            queue_wait_buckets=source.get(
+                "queue_wait_buckets", parse_buckets, metrics.DEFAULT_QUEUE_WAIT_BUCKETS
+            ),
+            limits=LabelLimits(
+                task_names=source.get("max_task_names", parse_positive_int, defaults.task_names),
+                queues=source.get("max_queues", parse_positive_int, defaults.queues),
+                hostnames=source.get("max_hostnames", parse_positive_int, defaults.hostnames),
+                exceptions=source.get("max_exceptions", parse_positive_int, defaults.exceptions),
+            ),
+        )
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``**``."""
+    return _URL_CREDENTIALS.sub(r"\1:**@", text)
+
+
+class MaskingFormatter(logging.Formatter):
+    """Formats log records, tracebacks included, with URL passwords masked.
+
+    Broker client libraries put connection URLs into their exception messages, so masking
+    the final text is the one place that catches them all.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))
+
+
+def parse_broker_url(value: Any) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        # Not echoed: a mistyped URL may be mostly password.
+        raise ValueError("not a broker URL (like redis://host:6379/0)")
+    scheme = value.split("://", 1)[0].split("+", 1)[0]
+    if not _known_transport(scheme):
+        raise ValueError(f"unknown broker transport {scheme!r} in {maybe_sanitize_url(value)}")
+    return value
+
+
+def parse_queues(value: Any) -> tuple[str, ...]:
+    items: Sequence[Any]
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        items = [part for item in value for part in str(item).split(",")]
+    else:
+        raise ValueError("expected comma-separated queue names")
+    names = [item.strip() for item in items if item.strip()]
+    for name in names:
+        if len(name) > metrics.MAX_LABEL_VALUE_LENGTH:
+            raise ValueError(f"queue name longer than {metrics.MAX_LABEL_VALUE_LENGTH} characters")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_transport_options(value: Any) -> dict[str, Any]:
+    """``key=value`` pairs (a sequence, or one string joined with ``;``) or a JSON object.
+
+    Values are read as JSON when they parse as JSON (numbers, booleans, lists), else taken
+    as text: ``visibility_timeout=3600``, ``global_keyprefix=app:``.
+    """
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str):
+        if value.lstrip().startswith("{"):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                raise ValueError("transport options are not a valid JSON object") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("transport options are not a valid JSON object")
+            return parsed
+        pairs: Sequence[Any] = [pair for pair in value.split(";") if pair.strip()]
+    elif isinstance(value, (list, tuple)):
+        pairs = value
+    else:
+        raise ValueError("expected key=value")
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{mask_secrets(str(pair))!r} is not key=value")
+        options[key.strip()] = _json_or_text(text)
+    return options
+
+
+def parse_seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number of seconds")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{value!r} is not a positive number of seconds")
+    return seconds
+
+
+def parse_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a name")
+    return value.strip()
+
+
+def parse_log_level(value: Any) -> str:
+    level = str(value).strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{value!r} is not a log level ({', '.join(LOG_LEVELS)})")
+    return level
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _known_transport(scheme: str) -> bool:
+    return scheme in TRANSPORT_ALIASES
 
 
 def parse_port(value: Any) -> int:

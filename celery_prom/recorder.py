@@ -43,6 +43,12 @@ DROP_UNKNOWN_TYPE = "unknown_type"  # not a task event type we know
 DROP_UNKNOWN_TASK = "unknown_task"  # refers to a task whose task-received was never seen
 DROP_DUPLICATE = "duplicate"  # the same outcome reported twice for one execution
 DROP_EVICTED = "evicted"  # an unfinished task forgotten to keep memory bounded
+# Reasons only the exporter's event receiver reports:
+DROP_RECORDED_BY_WORKER = "recorded_by_worker"  # counted by the worker's own bootstep
+DROP_UNDECODABLE = "undecodable"  # not a JSON event message (bad JSON, pickle, bad encoding)
+DROP_OFFLINE_WORKER = "offline_worker"  # a late event of a worker already purged
+DROP_LOST = "lost"  # sent while the exporter was disconnected (estimated, see events.py)
+DROP_TOO_MANY_WORKERS = "too_many_workers"  # a new hostname past the hostname cap
 
 _CLASS_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\(")
 _UNPICKLEABLE = re.compile(r"UnpickleableExceptionWrapper\('[^']*',\s*'([A-Za-z_][\w.]*)'")
@@ -121,6 +127,22 @@ class Recorder:
                 self._dispatch(event)
             except InvalidEvent as invalid:
                 self._drop(invalid.reason)
+
+    def skip(self, reason: str) -> None:
+        """Count an event that arrived but is deliberately not recorded."""
+        with self._lock:
+            self.stats.received += 1
+            self._drop(reason)
+
+    def count_received(self) -> None:
+        """Count an event that arrived and is handled elsewhere (worker events)."""
+        with self._lock:
+            self.stats.received += 1
+
+    def count_lost(self, events: int) -> None:
+        """Count events known to have been sent but never received."""
+        with self._lock:
+            self.stats.dropped[DROP_LOST] = self.stats.dropped.get(DROP_LOST, 0) + events
 
     def forget_hostname(self, hostname: str) -> None:
         """Forget unfinished tasks of a worker that went away."""

@@ -71,3 +71,32 @@ def client_app_for(tmp_path: Path) -> Any:
         return app
 
     return build
+
+
+@pytest.fixture
+def own_redis_broker() -> Iterator[Broker]:
+    """Like ``redis_broker``, with a key prefix (so an event channel) of this test's own."""
+    prefix = unique("cptest") + ":"
+    yield Broker(f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}", {"global_keyprefix": prefix})
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def own_amqp_broker() -> Iterator[Broker]:
+    """Like ``amqp_broker``, with a virtual host (so an event exchange) of this test's own."""
+    vhost = unique("cptest")
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield Broker(f"amqp://guest:guest@{AMQP_HOST}/{vhost}")
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def own_broker(request: pytest.FixtureRequest) -> Broker:
+    """Each test using it runs once per broker, with events no other test can see."""
+    return request.getfixturevalue(f"own_{request.param}_broker")  # type: ignore[no-any-return]

@@ -1,1 +1,1 @@
-"""Command-line entry points."""
+"""Command line: ``celery-prom exporter`` and ``demo``, and ``celery -A proj prom``."""

@@ -1,0 +1,130 @@
+"""What the exporter knows about its broker: reachable or not, and how to ask it safely.
+
+``BrokerStatus`` combines the event receiver's connection state with the result of the
+scrape's own broker query, and serves ``celery_prom_broker_up`` and the reconnect count.
+``BoundedCall`` runs broker queries on a helper thread so that a frozen broker (a stopped
+process still holding its TCP connections) costs a scrape a bounded wait, never a hang.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from celery_prom import metrics
+from celery_prom.config import mask_secrets
+
+T = TypeVar("T")
+
+
+class BrokerTimeout(Exception):
+    """The broker did not answer in time."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of a broker error, with URL passwords masked."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    return mask_secrets(f"{name}: {text}" if text else name)
+
+
+class BrokerStatus:
+    """Thread-safe broker state for /metrics and /health."""
+
+    def __init__(self) -> None:
+        self._receiving = False
+        self._query_ok: bool | None = None  # None until a scrape has queried the broker
+        self._error: str | None = "not connected yet"
+        self._reconnects = 0
+        self._lock = threading.Lock()
+
+    @property
+    def up(self) -> bool:
+        with self._lock:
+            return self._receiving and self._query_ok is not False
+
+    @property
+    def error(self) -> str | None:
+        with self._lock:
+            return None if self._receiving and self._query_ok is not False else self._error
+
+    def receiver_connected(self, reconnect: bool) -> None:
+        with self._lock:
+            self._receiving = True
+            if reconnect:
+                self._reconnects += 1
+
+    def receiver_lost(self, error: str) -> None:
+        with self._lock:
+            self._receiving = False
+            self._error = error
+
+    def query_succeeded(self) -> None:
+        with self._lock:
+            self._query_ok = True
+
+    def query_failed(self, error: str) -> None:
+        with self._lock:
+            self._query_ok = False
+            self._error = error
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            up = self._receiving and self._query_ok is not False
+            reconnects = self._reconnects
+        gauge = GaugeMetricFamily(metrics.BROKER_UP.name, metrics.BROKER_UP.help)
+        gauge.add_metric((), 1 if up else 0)
+        yield gauge
+        counter = CounterMetricFamily(
+            metrics.BROKER_RECONNECTS.openmetrics_name, metrics.BROKER_RECONNECTS.help
+        )
+        counter.add_metric((), reconnects)
+        yield counter
+
+
+class _Job(Generic[T]):
+    def __init__(self, work: Callable[[], T]) -> None:
+        self.work = work
+        self.done = threading.Event()
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.value = self.work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+class BoundedCall(Generic[T]):
+    """Runs one broker query at a time on a helper thread, waiting ``timeout`` for it.
+
+    A query that does not return in time keeps its thread (a socket timeout ends it
+    later), and callers meanwhile wait on that same query instead of piling up threads.
+    """
+
+    def __init__(self, timeout: float, name: str) -> None:
+        self.timeout = timeout
+        self._name = name
+        self._job: _Job[T] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, work: Callable[[], T]) -> T:
+        with self._lock:
+            job = self._job
+            if job is None or job.done.is_set():
+                job = self._job = _Job(work)
+                threading.Thread(target=job.run, name=self._name, daemon=True).start()
+        if not job.done.wait(self.timeout):
+            raise BrokerTimeout(f"the broker did not answer within {self.timeout:g}s")
+        return job.outcome()

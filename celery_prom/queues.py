@@ -1,0 +1,359 @@
+"""Queue lengths and consumer counts, read from the broker at scrape time.
+
+Each scrape asks the broker afresh (nothing is cached between scrapes, so a number is
+never stale): Redis in one pipelined round trip, RabbitMQ with passive declares, other
+kombu transports however kombu can size a queue. The query runs under ``BoundedCall``, so
+a broker that stops answering turns into ``celery_prom_broker_up 0`` and a failed
+``queues`` collector, never into a hung scrape.
+
+Which queues: those named on the command line, the app's ``task_queues`` (``celery prom``),
+and those workers report consuming from (``active_queues``), which ``QueueDiscovery`` asks
+for in the background so that no scrape ever waits on a control round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kombu import Connection
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from celery_prom import metrics
+from celery_prom.broker import BoundedCall, BrokerStatus, describe_error
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two ``active_queues`` inspections.
+DISCOVERY_INTERVAL = 30.0
+
+
+@dataclass(frozen=True)
+class QueueSize:
+    name: str
+    length: int
+    consumers: int | None  # None where the broker does not know
+
+
+class QueueNames:
+    """The queues to report: fixed ones plus those discovered, up to a cap."""
+
+    def __init__(self, fixed: Iterable[str], cap: int) -> None:
+        self._names = dict.fromkeys(fixed)
+        self._cap = cap
+        self._lock = threading.Lock()
+
+    def add(self, names: Iterable[str]) -> None:
+        with self._lock:
+            for name in names:
+                if name not in self._names and len(self._names) < self._cap:
+                    self._names[name] = None
+
+    def names(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(sorted(self._names))
+
+
+class QueueDiscovery:
+    """Learns the queues workers consume from, asking every ``interval`` seconds and
+    whenever a worker it does not know yet shows up.
+
+    Celery's own ``task-received`` event does not say which queue the task came from; a
+    worker that consumes exactly one queue answers that, so ``queue_of`` gives it.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        names: QueueNames,
+        interval: float = DISCOVERY_INTERVAL,
+        reply_timeout: float = 1.0,
+    ) -> None:
+        self._app = app
+        self._names = names
+        self._interval = interval
+        self._reply_timeout = reply_timeout
+        self._worker_queues: dict[str, tuple[str, ...]] = {}
+        self._stopped = threading.Event()
+        self._wanted = threading.Event()
+        self._thread: threading.Thread | None = None
+        connection = app.connection_for_read()
+        self._errors: tuple[type[BaseException], ...] = (
+            OSError,
+            *connection.connection_errors,
+            *connection.channel_errors,
+        )
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name="celery-prom-queue-discovery", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wanted.set()
+
+    def notice(self, hostname: str) -> None:
+        """A worker sent an event; ask for its queues soon if they are not known."""
+        if hostname not in self._worker_queues:
+            self._wanted.set()
+
+    def queue_of(self, hostname: object) -> str | None:
+        """The queue a worker consumes from, when it consumes exactly one."""
+        queues = self._worker_queues.get(hostname) if isinstance(hostname, str) else None
+        return queues[0] if queues is not None and len(queues) == 1 else None
+
+    def refresh(self) -> None:
+        replies = self._app.control.inspect(timeout=self._reply_timeout).active_queues()
+        by_worker = active_queues_by_worker(replies)
+        for queues in by_worker.values():
+            self._names.add(queues)
+        self._worker_queues = {**self._worker_queues, **by_worker}
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._wanted.clear()
+            try:
+                self.refresh()
+            except self._errors as exc:  # broker down: try again next round
+                logger.warning(
+                    "celery-prom: asking workers for their queues failed: %s", describe_error(exc)
+                )
+            self._wanted.wait(self._interval)
+
+
+def active_queues_by_worker(replies: object) -> dict[str, tuple[str, ...]]:
+    """Each worker's queue names from ``inspect().active_queues()``, ignoring anything odd."""
+    if not isinstance(replies, Mapping):
+        return {}
+    by_worker: dict[str, tuple[str, ...]] = {}
+    for hostname, queues in replies.items():
+        if not isinstance(hostname, str) or not isinstance(queues, list):
+            continue
+        names = [
+            name
+            for queue in queues
+            if isinstance(queue, Mapping)
+            and isinstance(name := queue.get("name"), str)
+            and 0 < len(name) <= metrics.MAX_LABEL_VALUE_LENGTH
+        ]
+        by_worker[hostname] = tuple(dict.fromkeys(names))
+    return by_worker
+
+
+class QueueProbe(Protocol):
+    """Sizes queues on one broker; called from one thread at a time."""
+
+    def sizes(self, names: Sequence[str]) -> list[QueueSize]: ...
+
+
+class RedisQueueProbe:
+    """``LLEN`` of every priority sub-queue of every queue, in one pipelined round trip.
+
+    kombu stores a queue with priorities as one list per priority step (``name``,
+    ``name\\x06\\x163``, ...), all under the ``global_keyprefix``; the key names come from
+    the kombu channel itself so they always match what kombu writes.
+    """
+
+    def __init__(self, url: str, transport_options: Mapping[str, Any], timeout: float) -> None:
+        self._url = url
+        self._options = {
+            **transport_options,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry_on_timeout": False,
+        }
+        self._connection: Connection | None = None
+        self._channel: Any = None
+
+    def sizes(self, names: Sequence[str]) -> list[QueueSize]:
+        try:
+            return self._sizes(names)
+        except BaseException:
+            self._reset()
+            raise
+
+    def _sizes(self, names: Sequence[str]) -> list[QueueSize]:
+        channel = self._open_channel()
+        keys = [
+            [channel._q_for_pri(name, step) for step in channel.priority_steps] for name in names
+        ]
+        pipe = channel.client.pipeline(transaction=False)
+        pipe.ping()  # one round trip even when there is no queue to size
+        for queue_keys in keys:
+            for key in queue_keys:
+                pipe.llen(key)
+        replies = iter(pipe.execute()[1:])
+        return [
+            QueueSize(name, sum(int(next(replies)) for _ in queue_keys), None)
+            for name, queue_keys in zip(names, keys, strict=True)
+        ]
+
+    def _open_channel(self) -> Any:
+        if self._channel is None:
+            self._connection = Connection(self._url, transport_options=self._options)
+            self._channel = self._connection.channel()
+        return self._channel
+
+    def _reset(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            _close_quietly(connection)
+
+
+class AmqpQueueProbe:
+    """Ready messages and consumers per queue from passive ``queue.declare``.
+
+    Declaring a missing queue passively makes RabbitMQ close the channel (404), so a
+    missing queue counts as empty and the next queue gets a fresh channel.
+    """
+
+    def __init__(
+        self, url: str, transport_options: Mapping[str, Any], timeout: float, exchange: str
+    ) -> None:
+        self._url = url
+        self._options = {**transport_options, "read_timeout": timeout, "write_timeout": timeout}
+        self._timeout = timeout
+        self._exchange = exchange
+        self._connection: Connection | None = None
+        self._channel: Any = None
+
+    def sizes(self, names: Sequence[str]) -> list[QueueSize]:
+        try:
+            return self._sizes(names)
+        except BaseException:
+            self._reset()
+            raise
+
+    def _sizes(self, names: Sequence[str]) -> list[QueueSize]:
+        connection = self._connect()
+        # A round trip even when there is no queue to size; a missing exchange still
+        # proves the broker answered.
+        self._ask(
+            connection,
+            lambda channel: channel.exchange_declare(self._exchange, "topic", passive=True),
+        )
+        sizes = []
+        for name in names:
+            reply = self._ask(
+                connection,
+                lambda channel, name=name: channel.queue_declare(queue=name, passive=True),
+            )
+            if reply is None:
+                sizes.append(QueueSize(name, 0, 0))
+            else:
+                sizes.append(QueueSize(name, int(reply.message_count), int(reply.consumer_count)))
+        return sizes
+
+    def _ask(self, connection: Connection, method: Any) -> Any:
+        """``method(channel)``, or None when the broker answered 404 (channel reopened)."""
+        if self._channel is None:
+            self._channel = connection.channel()
+        try:
+            return method(self._channel)
+        except connection.channel_errors as exc:
+            if getattr(exc, "code", None) != 404:
+                raise
+            self._channel = None
+            return None
+
+    def _connect(self) -> Connection:
+        if self._connection is None:
+            connection = Connection(
+                self._url, connect_timeout=self._timeout, transport_options=self._options
+            )
+            connection.connect()
+            self._connection = connection
+        return self._connection
+
+    def _reset(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            _close_quietly(connection)
+
+
+class KombuQueueProbe:
+    """Any other kombu transport: the message count of a passive declare, where kombu
+    implements one; a queue it cannot size gets no sample."""
+
+    def __init__(self, url: str, transport_options: Mapping[str, Any]) -> None:
+        self._connection = Connection(url, transport_options=dict(transport_options))
+
+    def sizes(self, names: Sequence[str]) -> list[QueueSize]:
+        channel = self._connection.default_channel
+        sizes = []
+        for name in names:
+            try:
+                reply = channel.queue_declare(queue=name, passive=True)
+            except NotImplementedError:
+                continue
+            except self._connection.channel_errors:
+                sizes.append(QueueSize(name, 0, None))  # not declared yet: nothing waiting
+                continue
+            sizes.append(QueueSize(name, int(reply.message_count), None))
+        return sizes
+
+
+def probe_for(
+    url: str, transport_options: Mapping[str, Any], timeout: float, event_exchange: str
+) -> QueueProbe:
+    driver = Connection(url, transport_options=dict(transport_options)).transport.driver_type
+    if driver == "redis":
+        return RedisQueueProbe(url, transport_options, timeout)
+    if driver == "amqp":
+        return AmqpQueueProbe(url, transport_options, timeout, event_exchange)
+    return KombuQueueProbe(url, transport_options)
+
+
+class QueueCollector:
+    """Serves queue lengths and consumer counts, asked from the broker on every scrape.
+
+    A failed or timed-out query raises (the scrape reports this collector failed) and
+    marks the broker down; it never serves the last numbers it had.
+    """
+
+    def __init__(
+        self,
+        names: QueueNames,
+        probe: QueueProbe,
+        status: BrokerStatus,
+        call: BoundedCall[list[QueueSize]],
+    ) -> None:
+        self._names = names
+        self._probe = probe
+        self._status = status
+        self._call = call
+
+    def collect(self) -> Iterator[Metric]:
+        names = self._names.names()
+        try:
+            sizes = self._call(lambda: self._probe.sizes(names))
+        except Exception as exc:
+            self._status.query_failed(describe_error(exc))
+            raise
+        self._status.query_succeeded()
+        length = GaugeMetricFamily(
+            metrics.QUEUE_LENGTH.name, metrics.QUEUE_LENGTH.help, labels=metrics.QUEUE_LENGTH.labels
+        )
+        consumers = GaugeMetricFamily(
+            metrics.ACTIVE_CONSUMERS.name,
+            metrics.ACTIVE_CONSUMERS.help,
+            labels=metrics.ACTIVE_CONSUMERS.labels,
+        )
+        for size in sizes:
+            length.add_metric((size.name,), size.length)
+            if size.consumers is not None:
+                consumers.add_metric((size.name,), size.consumers)
+        yield length
+        yield consumers
+
+
+def _close_quietly(connection: Connection) -> None:
+    try:
+        connection.release()
+    except (OSError, *connection.connection_errors, *connection.channel_errors) as exc:
+        logger.debug("celery-prom: closing a broken broker connection: %s", describe_error(exc))

@@ -1,0 +1,239 @@
+"""Worker liveness from heartbeats: which workers are up, and forgetting those long gone.
+
+Workers send ``worker-online``, ``worker-heartbeat`` (every 2 s by default) and
+``worker-offline`` events whenever they have a broker connection, with or without ``-E``.
+Liveness is judged by when the exporter *received* the last heartbeat, so clock skew
+between hosts does not matter.
+
+A worker silent for longer than the purge delay is forgotten: its gauges and its task
+series disappear. A late event of such a worker (delayed in the broker, or replayed) must
+not bring it back, so a purged worker leaves a tombstone holding the last timestamp it
+sent (its own clock). Only a heartbeat sent well after that, by more than the worker
+timeout, proves the worker is alive again; anything else from it is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from celery_prom import metrics
+from celery_prom.recorder import (
+    DROP_INVALID_FIELD,
+    DROP_MALFORMED,
+    DROP_OFFLINE_WORKER,
+    DROP_TOO_MANY_WORKERS,
+)
+
+#: Purged workers remembered, so that their late events stay dropped.
+MAX_TOMBSTONES = 10_000
+
+WORKER_EVENTS = frozenset({"worker-online", "worker-heartbeat", "worker-offline"})
+
+
+class Clock:
+    """Wall time (for the exported timestamp) and monotonic time (for durations)."""
+
+    def wall(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass(slots=True)
+class _Worker:
+    received_at: float  # wall time of the last heartbeat or online event
+    received_mono: float
+    sent_at: float | None  # the worker's own timestamp of its latest event
+    online: bool
+    active: int | None = None
+    processed: int | None = None
+
+
+class WorkerLiveness:
+    """Heartbeat bookkeeping per hostname; thread-safe.
+
+    ``on_purge(hostname)`` is called (outside the lock) for every worker purged, so the
+    task store and recorder can forget it too. At most ``max_workers`` are tracked: events
+    of further hostnames are dropped until some are purged.
+    """
+
+    def __init__(
+        self,
+        worker_timeout: float,
+        purge_offline_after: float,
+        on_purge: Callable[[str], None],
+        clock: Clock | None = None,
+        max_workers: int = 2000,
+    ) -> None:
+        self.worker_timeout = worker_timeout
+        self.purge_offline_after = purge_offline_after
+        self.max_workers = max_workers
+        self._on_purge = on_purge
+        self._clock = clock or Clock()
+        self._workers: dict[str, _Worker] = {}
+        self._tombstones: OrderedDict[str, float] = OrderedDict()
+        self._purge_held = False
+        self._purge_resumes_at = 0.0
+        self._lock = threading.Lock()
+
+    # -- events ----------------------------------------------------------------------------
+
+    def observe(self, event: Mapping[str, Any]) -> str | None:
+        """Apply one worker event; returns the drop reason when it cannot be used."""
+        hostname = event.get("hostname")
+        if not isinstance(hostname, str) or not hostname:
+            return DROP_MALFORMED
+        if len(hostname) > metrics.MAX_LABEL_VALUE_LENGTH:
+            return DROP_INVALID_FIELD
+        try:
+            sent_at = _optional_number(event, "timestamp")
+            active = _optional_count(event, "active")
+            processed = _optional_count(event, "processed")
+        except ValueError:
+            return DROP_INVALID_FIELD
+        event_type = event.get("type")
+        with self._lock:
+            if hostname in self._tombstones and not self._revives(hostname, event_type, sent_at):
+                return DROP_OFFLINE_WORKER
+            if hostname not in self._workers and len(self._workers) >= self.max_workers:
+                return DROP_TOO_MANY_WORKERS
+            self._tombstones.pop(hostname, None)
+            self._apply(hostname, event_type, sent_at, active, processed)
+        return None
+
+    def accepts(self, hostname: object) -> bool:
+        """False for a task event of a purged worker: only a heartbeat can revive it."""
+        if not self._tombstones or not isinstance(hostname, str):
+            return True
+        with self._lock:
+            return hostname not in self._tombstones
+
+    # -- purging ---------------------------------------------------------------------------
+
+    def hold_purge(self) -> None:
+        """Stop purging: while the exporter is disconnected, silence proves nothing."""
+        with self._lock:
+            self._purge_held = True
+
+    def resume_purge(self) -> None:
+        """Purge again once workers have had a worker timeout to send a heartbeat."""
+        with self._lock:
+            self._purge_held = False
+            self._purge_resumes_at = self._clock.monotonic() + self.worker_timeout
+
+    def purge_offline(self) -> list[str]:
+        """Forget the workers silent for longer than the purge delay; returns them."""
+        now = self._clock.monotonic()
+        with self._lock:
+            if self._purge_held or now < self._purge_resumes_at:
+                return []
+            doomed = [
+                hostname
+                for hostname, worker in self._workers.items()
+                if now - worker.received_mono > self.purge_offline_after
+            ]
+            for hostname in doomed:
+                worker = self._workers.pop(hostname)
+                self._bury(hostname, worker.sent_at)
+        for hostname in doomed:
+            self._on_purge(hostname)
+        return doomed
+
+    # -- scrape ----------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        self.purge_offline()
+        now = self._clock.monotonic()
+        with self._lock:
+            workers = sorted(self._workers.items())
+        up = _gauge(metrics.WORKER_UP)
+        last = _gauge(metrics.WORKER_LAST_HEARTBEAT)
+        active = _gauge(metrics.WORKER_TASKS_ACTIVE)
+        processed = CounterMetricFamily(
+            metrics.WORKER_PROCESSED.openmetrics_name,
+            metrics.WORKER_PROCESSED.help,
+            labels=metrics.WORKER_PROCESSED.labels,
+        )
+        for hostname, worker in workers:
+            alive = worker.online and now - worker.received_mono <= self.worker_timeout
+            up.add_metric((hostname,), 1 if alive else 0)
+            last.add_metric((hostname,), worker.received_at)
+            if alive and worker.active is not None:
+                active.add_metric((hostname,), worker.active)
+            if worker.processed is not None:
+                processed.add_metric((hostname,), worker.processed)
+        yield up
+        yield last
+        yield active
+        yield processed
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _revives(self, hostname: str, event_type: object, sent_at: float | None) -> bool:
+        if event_type not in ("worker-online", "worker-heartbeat") or sent_at is None:
+            return False
+        return sent_at > self._tombstones[hostname] + self.worker_timeout
+
+    def _apply(
+        self,
+        hostname: str,
+        event_type: object,
+        sent_at: float | None,
+        active: int | None,
+        processed: int | None,
+    ) -> None:
+        worker = self._workers.get(hostname)
+        if worker is None:
+            if event_type == "worker-offline":
+                return  # nothing to report about a worker never seen alive
+            worker = self._workers[hostname] = _Worker(0.0, 0.0, None, True)
+        if sent_at is not None and (worker.sent_at is None or sent_at > worker.sent_at):
+            worker.sent_at = sent_at
+        if event_type == "worker-offline":
+            worker.online = False
+            return
+        worker.online = True
+        worker.received_at = self._clock.wall()
+        worker.received_mono = self._clock.monotonic()
+        if active is not None:
+            worker.active = active
+        if processed is not None:
+            worker.processed = processed
+
+    def _bury(self, hostname: str, sent_at: float | None) -> None:
+        # Without a timestamp of its own, any later heartbeat of the worker revives it.
+        self._tombstones[hostname] = -math.inf if sent_at is None else sent_at
+        self._tombstones.move_to_end(hostname)
+        while len(self._tombstones) > MAX_TOMBSTONES:
+            self._tombstones.popitem(last=False)
+
+
+def _gauge(family: metrics.Family) -> GaugeMetricFamily:
+    return GaugeMetricFamily(family.name, family.help, labels=family.labels, unit=family.unit)
+
+
+def _optional_number(event: Mapping[str, Any], name: str) -> float | None:
+    value = event.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(name)
+    return float(value)
+
+
+def _optional_count(event: Mapping[str, Any], name: str) -> int | None:
+    value = event.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(name)
+    return value

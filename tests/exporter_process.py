@@ -1,0 +1,350 @@
+"""Helpers for exporter tests: the exporter as a subprocess, raw events, private brokers."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from kombu import Connection, Exchange, Producer
+
+from tests.support import (
+    APPS,
+    REPO,
+    Broker,
+    Scrape,
+    WorkerProcess,
+    app_env,
+    free_port,
+    http_get,
+    try_scrape,
+    unique,
+    wait_for,
+)
+
+
+@dataclass
+class ExporterProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def scrape(self) -> Scrape | None:
+        self.assert_alive()
+        return try_scrape(self.port)
+
+    def wait_for_scrape(
+        self, probe: Callable[[Scrape], bool], timeout: float = 30.0, what: str = "metrics"
+    ) -> Scrape:
+        def check() -> Scrape | None:
+            current = self.scrape()
+            return current if current is not None and probe(current) else None
+
+        return wait_for(check, timeout=timeout, what=f"{what} on the exporter")
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            return 200, json.loads(http_get(f"http://127.0.0.1:{self.port}/health"))
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read().decode())
+
+    def assert_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"exporter exited with {self.process.returncode}:\n{self.output()}"
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def exporter_env(broker: Broker | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_PROM_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(REPO), env.get("PYTHONPATH", "")])
+    if broker is not None:
+        env.update(
+            CPTEST_BROKER_URL=broker.url,
+            CPTEST_TRANSPORT_OPTIONS=json.dumps(broker.transport_options),
+        )
+    env.update(extra)
+    return env
+
+
+def transport_args(options: Mapping[str, Any]) -> list[str]:
+    args: list[str] = []
+    for key, value in options.items():
+        args += ["--broker-transport-option", f"{key}={json.dumps(value)}"]
+    return args
+
+
+@contextlib.contextmanager
+def running_exporter(
+    broker_url: str,
+    tmp_path: Path,
+    *args: str,
+    transport_options: Mapping[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> Iterator[ExporterProcess]:
+    port = free_port()
+    log = tmp_path / f"exporter-{port}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "celery_prom.cli",
+        "exporter",
+        "--broker-url",
+        broker_url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *transport_args(transport_options or {}),
+        *args,
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env or exporter_env(), stdout=out, stderr=subprocess.STDOUT
+        )
+    exporter = ExporterProcess(port, process, log)
+    try:
+        if wait:
+            exporter.wait_for_scrape(lambda s: True, what="the endpoint to answer")
+        yield exporter
+    finally:
+        exporter.stop()
+
+
+def running_exporter_for(broker: Broker, tmp_path: Path, *args: str) -> Any:
+    return running_exporter(broker.url, tmp_path, *args, transport_options=broker.transport_options)
+
+
+# -- events, published raw -------------------------------------------------------------------
+
+
+def event(type_: str, hostname: str, clock: int, timestamp: float, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "hostname": hostname,
+        "clock": clock,
+        "timestamp": timestamp,
+        "utcoffset": 0,
+        "pid": 1,
+        **fields,
+    }
+
+
+def kombu_envelope(
+    body: bytes, content_type: str = "application/json", routing_key: str = "task.received"
+) -> bytes:
+    """A message as kombu's Redis transport publishes it (body base64-encoded)."""
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": content_type,
+            "headers": {},
+            "properties": {
+                "delivery_mode": 1,
+                "delivery_info": {"exchange": "celeryev", "routing_key": routing_key},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    ).encode()
+
+
+class RawEvents:
+    """Publishes event payloads exactly as given, to the exporter's event exchange."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._connection = Connection(broker.url, transport_options=broker.transport_options)
+        self._redis: redis.Redis | None = None
+        if broker.kind == "redis":
+            channel = self._connection.default_channel
+            self._topic = channel.global_keyprefix + channel._get_publish_topic(
+                "celeryev", "task.received"
+            )
+            self._redis = redis.Redis.from_url(broker.url)
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+        self._connection.release()
+
+    def events(self, events: list[Any]) -> None:
+        for item in events:
+            self.body(json.dumps(item).encode())
+
+    def body(self, body: bytes, content_type: str = "application/json") -> None:
+        """A message body with its content type (wrapped in kombu's envelope on Redis)."""
+        if self._redis is not None:
+            self.payload(kombu_envelope(body, content_type))
+            return
+        producer = Producer(self._connection.default_channel)
+        producer.publish(
+            body,
+            exchange=Exchange("celeryev", type="topic"),
+            routing_key="task.received",
+            content_type=content_type,
+            content_encoding="binary",
+            declare=[],
+        )
+
+    def payload(self, payload: bytes) -> None:
+        """A raw Redis PUB/SUB payload (Redis only)."""
+        assert self._redis is not None
+        self._redis.publish(self._topic, payload)
+
+
+# -- a private Redis -------------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port, to stop, freeze and reconfigure."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.dir = tmp_path / f"redis-{self.port}"
+        self.dir.mkdir()
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                *self.args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, timeout=20, what=f"redis-server on {self.port}")
+
+    def client(self, password: str | None = None) -> redis.Redis:
+        return redis.Redis(port=self.port, password=password, socket_timeout=5)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def _answers(self) -> bool:
+        try:
+            with socket_to(self.port):
+                return True
+        except OSError:
+            return False
+
+
+@contextlib.contextmanager
+def socket_to(port: int) -> Iterator[None]:
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        yield
+
+
+@contextlib.contextmanager
+def private_redis(tmp_path: Path, *args: str, start: bool = True) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path, *args)
+    if start:
+        server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def hostname() -> str:
+    return unique("fake") + "@test"
+
+
+@contextlib.contextmanager
+def plain_worker(
+    broker: Broker, tmp_path: Path, *args: str, install: bool = False
+) -> Iterator[WorkerProcess]:
+    """A worker of the test app sending task events (``-E``), with or without the bootstep.
+
+    Prefork runs an event loop, so its task events travel in ``task.multi`` batches.
+    """
+    queue = unique("q")
+    name = unique("w")
+    log = tmp_path / f"{name}.log"
+    extra = ["--prom-port", str(free_port()), "--prom-host", "127.0.0.1"] if install else []
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "cptest_tasks",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        "2",
+        "-Q",
+        queue,
+        "-n",
+        f"{name}@%h",
+        "--loglevel=INFO",
+        "--without-mingle",
+        "-E",
+        *extra,
+        *args,
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=app_env(broker, queue, CPTEST_INSTALL="1" if install else "0"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    worker = WorkerProcess(name, queue, 0, process, log)
+    try:
+        wait_for(
+            lambda: "ready." in worker.output() or worker.assert_alive(), what=f"{name} to be ready"
+        )
+        yield worker
+    finally:
+        worker.stop()

@@ -1,0 +1,65 @@
+"""Broker status for /metrics and /health, and bounded broker calls."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from celery_prom.broker import BoundedCall, BrokerStatus, BrokerTimeout, describe_error
+
+
+def sample(status: BrokerStatus, name: str) -> float | None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(status)
+    return registry.get_sample_value(name)
+
+
+def test_the_broker_is_up_only_while_receiving_and_the_last_query_worked() -> None:
+    status = BrokerStatus()
+    assert (status.up, status.error) == (False, "not connected yet")
+    status.receiver_connected(reconnect=False)
+    assert (status.up, status.error) == (True, None)
+    status.query_failed("TimeoutError: slow")
+    assert (status.up, status.error) == (False, "TimeoutError: slow")
+    status.query_succeeded()
+    status.receiver_lost("ConnectionError: gone")
+    assert (status.up, status.error) == (False, "ConnectionError: gone")
+    assert sample(status, "celery_prom_broker_up") == 0
+    status.receiver_connected(reconnect=True)
+    assert sample(status, "celery_prom_broker_up") == 1
+    assert sample(status, "celery_prom_broker_reconnects_total") == 1
+
+
+def test_errors_are_described_on_one_masked_line() -> None:
+    error = OSError("Error 111 connecting to redis://:pw@h:1/0.\nMore detail")
+    assert describe_error(error) == "OSError: Error 111 connecting to redis://:**@h:1/0."
+    assert describe_error(TimeoutError()) == "TimeoutError"
+
+
+def test_a_bounded_call_returns_values_and_raises_errors_of_the_work() -> None:
+    call: BoundedCall[int] = BoundedCall(5, "test")
+    assert call(lambda: 41 + 1) == 42
+    with pytest.raises(ZeroDivisionError):
+        call(lambda: 1 // 0)
+
+
+def test_a_bounded_call_gives_up_waiting_but_never_runs_two_queries() -> None:
+    release = threading.Event()
+    started: list[int] = []
+
+    def stuck() -> int:
+        started.append(1)
+        release.wait(30)
+        return 7
+
+    call: BoundedCall[int] = BoundedCall(0.05, "test")
+    with pytest.raises(BrokerTimeout, match=r"did not answer within 0\.05s"):
+        call(stuck)
+    with pytest.raises(BrokerTimeout):
+        call(stuck)
+    assert started == [1]
+    release.set()
+    call.timeout = 5
+    assert call(stuck) in (7,)

@@ -1,0 +1,292 @@
+"""Decoding and routing events: every kind of malformed input is dropped with its reason."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_prom.events import (
+    MAX_PAYLOAD_BYTES,
+    EventRouter,
+    LossEstimator,
+    Undecodable,
+    decode_body,
+    decode_kombu_envelope,
+)
+from celery_prom.recorder import Recorder
+from celery_prom.store import TaskStore
+from celery_prom.workers import WorkerLiveness
+from tests.exporter_process import RawEvents, event, hostname, kombu_envelope, running_exporter_for
+from tests.support import Broker, Scrape
+
+
+class KnownQueues:
+    def __init__(self, queues: dict[str, str] | None = None) -> None:
+        self.queues = queues or {}
+        self.noticed: list[str] = []
+
+    def notice(self, hostname: str) -> None:
+        self.noticed.append(hostname)
+
+    def queue_of(self, hostname: object) -> str | None:
+        return self.queues.get(hostname) if isinstance(hostname, str) else None
+
+
+def make_router(queues: KnownQueues | None = None) -> tuple[EventRouter, Recorder, TaskStore]:
+    store = TaskStore()
+    recorder = Recorder(store)
+    liveness = WorkerLiveness(30, 600, on_purge=lambda host: None)
+    router = EventRouter(recorder, liveness, LossEstimator(recorder), queues or KnownQueues())
+    return router, recorder, store
+
+
+def received_key(store: TaskStore, name: str, host: str, queue: str) -> int | None:
+    snapshot = store.snapshot((name, host, queue))
+    return None if snapshot is None else snapshot.counters[0]
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+def test_a_kombu_envelope_yields_its_event() -> None:
+    body = {"type": "task-received", "uuid": "u1"}
+    assert decode_kombu_envelope(kombu_envelope(json.dumps(body).encode())) == body
+
+
+def test_a_batch_is_a_list() -> None:
+    batch = [{"type": "task-started"}, {"type": "task-succeeded"}]
+    assert decode_kombu_envelope(kombu_envelope(json.dumps(batch).encode())) == batch
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"{not json", id="bad-json"),
+        pytest.param(b"\xff\xfe\xfa", id="not-utf8"),
+        pytest.param(b"[1, 2]", id="not-an-envelope"),
+        pytest.param(
+            json.dumps(
+                {
+                    "body": "%%%",
+                    "content-type": "application/json",
+                    "properties": {"body_encoding": "base64"},
+                }
+            ).encode(),
+            id="bad-base64",
+        ),
+        pytest.param(
+            json.dumps(
+                {
+                    "body": 5,
+                    "content-type": "application/json",
+                    "properties": {"body_encoding": "base64"},
+                }
+            ).encode(),
+            id="body-not-text",
+        ),
+        pytest.param(
+            kombu_envelope(
+                pickle.dumps({"type": "task-received"}), "application/x-python-serialize"
+            ),
+            id="pickle",
+        ),
+        pytest.param(kombu_envelope(b"{}", "application/x-msgpack"), id="msgpack"),
+        pytest.param(kombu_envelope(b"\xc3\x28"), id="body-not-utf8"),
+        pytest.param(kombu_envelope(b"[" * 100_000 + b"]" * 100_000), id="deep-nesting"),
+        pytest.param(b" " * (MAX_PAYLOAD_BYTES + 1), id="too-large"),
+    ],
+)
+def test_undecodable_payloads_raise_undecodable(payload: bytes) -> None:
+    with pytest.raises(Undecodable):
+        decode_kombu_envelope(payload)
+
+
+def test_a_body_is_only_ever_decoded_as_json() -> None:
+    assert decode_body(b'{"a": 1}', "application/json") == {"a": 1}
+    with pytest.raises(Undecodable):
+        decode_body(b'{"a": 1}', "application/x-python-serialize")
+    with pytest.raises(Undecodable):
+        decode_body(None, "application/json")
+
+
+# -- routing -------------------------------------------------------------------------------
+
+
+def test_task_events_marked_by_an_instrumented_worker_are_skipped() -> None:
+    router, recorder, store = make_router()
+    router.route(event("task-received", "w@h", 1, 1.0, uuid="u", name="t", celery_prom=True))
+    assert recorder.stats.received == 1
+    assert recorder.stats.dropped == {"recorded_by_worker": 1}
+    assert store.versions() == []
+
+
+def test_batches_are_routed_event_by_event() -> None:
+    router, recorder, store = make_router()
+    router.route(
+        [
+            event("task-received", "w@h", 1, 1.0, uuid="u", name="t"),
+            7,
+            {"no": "type"},
+            event("task-bogus", "w@h", 2, 1.0, uuid="u"),
+        ]
+    )
+    assert recorder.stats.received == 4
+    assert recorder.stats.dropped == {"malformed": 2, "unknown_type": 1}
+    assert received_key(store, "t", "w@h", "celery") == 1
+
+
+def test_task_received_gets_the_queue_of_a_single_queue_worker() -> None:
+    router, _, store = make_router(KnownQueues({"w@h": "images"}))
+    router.route(event("task-received", "w@h", 1, 1.0, uuid="u1", name="t"))
+    router.route(event("task-received", "x@h", 1, 1.0, uuid="u2", name="t"))
+    router.route(event("task-received", "w@h", 2, 1.0, uuid="u3", name="t", queue="own"))
+    assert received_key(store, "t", "w@h", "images") == 1
+    assert received_key(store, "t", "x@h", "celery") == 1
+    assert received_key(store, "t", "w@h", "own") == 1
+
+
+def test_worker_events_reach_liveness_and_ask_for_the_worker_queues() -> None:
+    queues = KnownQueues()
+    router, recorder, _ = make_router(queues)
+    router.route(event("worker-heartbeat", "w@h", 1, 1.0, active=1, processed=2))
+    router.route(event("worker-heartbeat", "w@h", 2, 1.0, active="x"))
+    assert queues.noticed == ["w@h"]
+    assert recorder.stats.received == 2
+    assert recorder.stats.dropped == {"invalid_field": 1}
+
+
+def test_an_eta_in_kombu_json_encoding_is_understood() -> None:
+    router, recorder, store = make_router()
+    eta = {"__type__": "datetime", "__value__": "2030-01-01T00:00:00+00:00"}
+    router.route(event("task-received", "w@h", 1, 1.0, uuid="u", name="t", eta=eta))
+    assert recorder.stats.dropped == {}
+    assert received_key(store, "t", "w@h", "celery") == 1
+
+
+def test_losses_are_counted_from_clock_gaps_across_reconnects_only() -> None:
+    recorder = Recorder(TaskStore())
+    losses = LossEstimator(recorder)
+    losses.new_connection()
+    for clock in (1, 2, 5):  # a gap while connected: gossip, not loss
+        losses.observe("w@h", clock)
+    losses.new_connection()
+    losses.observe("w@h", 9)  # 6, 7 and 8 never arrived
+    losses.observe("w@h", 20)
+    losses.observe("v@h", 100)  # first seen after the reconnect: nothing to compare
+    assert recorder.stats.dropped == {"lost": 3}
+    assert recorder.stats.received == 0
+
+
+# -- malformed events end to end -------------------------------------------------------------
+
+
+def task(host: str, clock: int, uuid: str, **fields: Any) -> list[dict[str, Any]]:
+    return [
+        event("task-received", host, clock, 1.0, uuid=uuid, name="demo.ok", **fields),
+        event("task-started", host, clock + 1, 2.0, uuid=uuid),
+        event("task-succeeded", host, clock + 2, 3.0, uuid=uuid, runtime=0.5),
+    ]
+
+
+def malformed(host: str, canary: Path) -> tuple[list[tuple[bytes, str]], dict[str, int], int]:
+    """Message bodies (with content types), the drops they must cause, and how many events
+    the exporter receives from them."""
+
+    class Canary:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (Path.touch, (canary,))
+
+    as_json = [
+        42,
+        "text",
+        {"no": "type"},
+        {"type": 7, "hostname": host},
+        event("task-received", host, 1, 1.0, name="demo.x"),  # no uuid
+        {"type": "task-received", "uuid": "u", "name": "demo.x"},  # no hostname
+        event("task-received", host, 1, 1.0, uuid=123, name="demo.x"),
+        event("task-received", host, 1, 1.0, uuid="u2", name=42),
+        event("task-received", host, 1, 1.0, uuid="u3", name="x" * 10_000),
+        event("task-received", host, 1, 1.0, uuid="u4", name="bad\ud800surrogate"),
+        event(
+            "task-received", host, 1, 1.0, uuid="u5", name="demo.x", sent_at=0.5, eta="not a date"
+        ),
+        event("task-started", host, 1, "soon", uuid="u6"),  # never received
+        event("task-succeeded", host, 1, 1.0, uuid="never-received"),
+        event("task-exploded", host, 1, 1.0, uuid="u7"),
+        event("bogus", host, 1, 1.0),
+        event("worker-heartbeat", host, 1, 1.0, active="many"),
+        event("worker-heartbeat", "", 1, 1.0),
+        [event("task-received", host, 1, 1.0), 5],  # a batch: no uuid, not an event
+    ]
+    bodies = [(json.dumps(item).encode(), "application/json") for item in as_json]
+    bodies += [
+        (b"{not json", "application/json"),
+        (b"\xc3\x28\xff", "application/json"),
+        (pickle.dumps(Canary()), "application/x-python-serialize"),
+        (b"{}", "application/x-msgpack"),
+        (
+            b'{"type": "task-received", "name": "' + b"y" * (MAX_PAYLOAD_BYTES + 10) + b'"}',
+            "application/json",
+        ),
+    ]
+    drops = {
+        "malformed": 10,
+        "invalid_field": 5,
+        "unknown_task": 2,
+        "unknown_type": 2,
+        "undecodable": 5,
+    }
+    return bodies, drops, len(as_json) + 1 + 5
+
+
+@pytest.mark.slow
+def test_malformed_events_are_dropped_and_later_events_counted_exactly(
+    own_broker: Broker, tmp_path: Path
+) -> None:
+    broker = own_broker
+    host = hostname()
+    canary = tmp_path / "unpickled"
+    bodies, drops, events_in_bodies = malformed(host, canary)
+    with running_exporter_for(broker, tmp_path) as exporter:
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_prom_broker_up") == 1, what="broker_up 1"
+        )
+        raw = RawEvents(broker)
+        for body, content_type in bodies:
+            raw.body(body, content_type)
+        good = [e for n in range(3) for e in task(host, 100 + 10 * n, f"ok-{n}")]
+        raw.events(good)
+        expected_received = events_in_bodies + len(good)
+        if broker.kind == "redis":
+            raw.payload(b"not an envelope")
+            raw.payload(b"\xff" * 10)
+            drops["undecodable"] += 2
+            expected_received += 2
+        # A scrape renders task series before the event counts, so wait for both.
+        result = exporter.wait_for_scrape(
+            lambda s: (
+                s.value("celery_prom_events_received_total") == expected_received
+                and s.total("celery_task_succeeded_total", hostname=host) == 3
+            ),
+            what=f"{expected_received} events",
+        )
+        raw.close()
+    assert dropped(result) == drops
+    labels = {"name": "demo.ok", "hostname": host, "queue_name": "celery"}
+    assert [
+        result.value(f"celery_task_{kind}_total", **labels)
+        for kind in ("received", "started", "succeeded")
+    ] == [3, 3, 3]
+    assert result.total("celery_task_received_total", hostname=host) == 3
+    assert not canary.exists()
+
+
+def dropped(result: Scrape) -> dict[str, float]:
+    return {
+        dict(labels)["reason"]: value
+        for labels, value in result.series("celery_prom_events_dropped_total").items()
+    }
