@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import click
 
+from celery_prom.cli.demo import demo
 from celery_prom.config import (
     DEFAULT_BROKER_TIMEOUT,
     DEFAULT_EVENT_EXCHANGE,
@@ -169,6 +170,9 @@ def prom(ctx: click.Context, /, **options: Any) -> None:
     except ConfigError as exc:
         fail(str(exc))
     run_exporter(settings, app)
+
+
+cli.add_command(demo)
 
 
 def app_queue_names(app: Any) -> Sequence[str]:

@@ -1,0 +1,42 @@
+"""``celery-prom demo``'s options: one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import REPO
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--worker-port", "abc"], "invalid value for --worker-port: 'abc' is not an integer"),
+        (
+            ["--exporter-port", "70000"],
+            "invalid value for --exporter-port: 70000 is not a port number (0-65535, 0 disables)",
+        ),
+        (
+            ["--duration", "-1"],
+            "invalid value for --duration: '-1' is not a positive number of seconds",
+        ),
+        (
+            ["--host", "no host"],
+            "invalid value for --host: 'no host' is not a host name or IP address",
+        ),
+        (["--colour"], "No such option '--colour'."),
+    ],
+)
+def test_bad_demo_options_are_one_line_and_status_2(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "celery_prom.cli", "demo", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"Error: {message}\n")

@@ -1,0 +1,91 @@
+"""The live demo, run as a newcomer would: one command, real processes, a clean exit."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO, Scrape, free_port, try_scrape, wait_for
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def demo_is_lively(worker: Scrape, exporter: Scrape) -> bool:
+    return (
+        worker.total("celery_task_succeeded_total") > 0
+        and worker.total("celery_task_failed_total") > 0
+        and worker.total("celery_task_retried_total") > 0
+        and worker.total("celery_task_queue_wait_seconds_count") > 0
+        and exporter.total("celery_worker_up") == 1
+        and {dict(labels)["queue_name"] for labels in exporter.series("celery_queue_length")}
+        == {"celery-prom-demo", "celery-prom-demo-reports"}
+    )
+
+
+@pytest.mark.slow
+def test_the_demo_shows_live_metrics_and_cleans_up_after_ctrl_c(tmp_path: Path) -> None:
+    worker_port, exporter_port = free_port(), free_port()
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        demo = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery_prom.cli",
+                "demo",
+                "--worker-port",
+                str(worker_port),
+                "--exporter-port",
+                str(exporter_port),
+            ],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def lively() -> bool:
+            assert demo.poll() is None, log.read_text()
+            worker, exporter = try_scrape(worker_port), try_scrape(exporter_port)
+            return bool(worker and exporter and demo_is_lively(worker, exporter))
+
+        wait_for(lively, timeout=120, interval=0.5, what="the demo's metrics")
+        wait_for(lambda: "succeeded" in log.read_text(), what="a live summary line")
+        folder = re.search(r"embedded broker in (\S+)", log.read_text())
+        assert folder is not None
+        assert Path(folder.group(1)).is_dir()
+
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 0
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+
+    output = log.read_text()
+    assert output.splitlines()[-1] == (
+        "celery-prom demo: stopped; its processes and temporary files are gone"
+    )
+    assert f"http://127.0.0.1:{worker_port}/metrics" in output
+    assert not Path(folder.group(1)).exists()
+    assert processes_mentioning(f"--prom-port {worker_port}") == []
+    assert processes_mentioning(f"--port {exporter_port}") == []
