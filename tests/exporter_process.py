@@ -336,7 +336,7 @@ def plain_worker(
         process = subprocess.Popen(
             command,
             cwd=REPO,
-            env=app_env(broker, queue, CPTEST_INSTALL="1" if install else "0"),
+            env=app_env(broker, queue, CPTEST_INSTRUMENTATION="install" if install else "none"),
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -178,7 +178,7 @@ def test_celery_prom_uses_the_app_broker_transport_options_and_queues(
     app = load_test_app(redis_broker, queue)
     for _ in range(3):
         app.send_task("demo.waiting", queue=queue)
-    env = exporter_env(redis_broker, CPTEST_QUEUE=queue, CPTEST_INSTALL="0")
+    env = exporter_env(redis_broker, CPTEST_QUEUE=queue, CPTEST_INSTRUMENTATION="none")
     command = [
         sys.executable,
         "-m",
@@ -202,7 +202,7 @@ def test_celery_prom_uses_the_app_broker_transport_options_and_queues(
 
 
 def test_celery_prom_bad_option_is_one_line(redis_broker: Broker) -> None:
-    env = exporter_env(redis_broker, CPTEST_INSTALL="0")
+    env = exporter_env(redis_broker, CPTEST_INSTRUMENTATION="none")
     done = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "cptest_tasks", "prom", "--port", "nope"],
         cwd=REPO,
