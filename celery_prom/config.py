@@ -130,6 +130,7 @@ class ExporterSettings:
     broker_timeout: float = DEFAULT_BROKER_TIMEOUT
     event_exchange: str = DEFAULT_EVENT_EXCHANGE
     log_level: str = DEFAULT_LOG_LEVEL
+    web_config: str | None = None
     runtime_buckets: tuple[float, ...] = metrics.DEFAULT_RUNTIME_BUCKETS
     queue_wait_buckets: tuple[float, ...] = metrics.DEFAULT_QUEUE_WAIT_BUCKETS
     limits: LabelLimits = field(default_factory=LabelLimits)
@@ -174,6 +175,7 @@ class ExporterSettings:
             broker_timeout=source.get("broker_timeout", parse_seconds, DEFAULT_BROKER_TIMEOUT),
             event_exchange=source.get("event_exchange", parse_name, default_event_exchange),
             log_level=source.get("log_level", parse_log_level, DEFAULT_LOG_LEVEL),
+            web_config=source.get("web_config", parse_path, None),
             runtime_buckets=source.get(
                 "runtime_buckets", parse_buckets, metrics.DEFAULT_RUNTIME_BUCKETS
             ),

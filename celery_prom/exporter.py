@@ -35,6 +35,7 @@ from celery_prom.http import Endpoint, HealthReport, MetricsServer
 from celery_prom.queues import QueueCollector, QueueDiscovery, QueueNames, QueueSize, probe_for
 from celery_prom.recorder import Recorder
 from celery_prom.store import LabelOverflowCollector, TaskStore
+from celery_prom.webconfig import WebConfigFile
 from celery_prom.workers import WorkerLiveness
 
 logger = logging.getLogger(__name__)
@@ -220,13 +221,18 @@ class Exporter:
         self.server: MetricsServer | None = None
 
     def bind(self) -> None:
-        """Claim the port (raises ``http.PortInUse`` or ``OSError`` with a clear message)."""
+        """Claim the port (raises ``http.PortInUse`` or ``OSError`` with a clear message,
+        or ``ConfigError`` for an unusable web-config file)."""
+        web_config = None
+        if self.settings.web_config is not None:
+            web_config = WebConfigFile(self.settings.web_config)
         self.server = MetricsServer(
             self.settings.host,
             self.settings.port,
             Endpoint(
                 title="celery-prom exporter", render_metrics=self.render, check_health=self.health
             ),
+            web_config,
         )
 
     def run(self) -> None:

@@ -77,6 +77,10 @@ _OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         ("--event-exchange",),
         {"help": f"Exchange Celery events are sent to (default {DEFAULT_EVENT_EXCHANGE})."},
     ),
+    (
+        ("--web-config",),
+        {"help": "Prometheus web-config file (TLS, basic auth) for the endpoint."},
+    ),
     (("--log-level",), {"help": "DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)."}),
     (("--runtime-buckets",), {"help": "Runtime histogram bounds, comma-separated seconds."}),
     (("--queue-wait-buckets",), {"help": "Queue-wait histogram bounds, comma-separated seconds."}),
@@ -118,6 +122,8 @@ def run_exporter(settings: ExporterSettings, app: Any = None) -> None:
     exporter = Exporter(settings, app)
     try:
         exporter.bind()
+    except ConfigError as exc:
+        fail(str(exc))
     except OSError as exc:
         fail(exc.strerror or str(exc))
     for signum in (signal.SIGTERM, signal.SIGINT):

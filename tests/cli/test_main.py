@@ -3,15 +3,19 @@ no broker password anywhere."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import bcrypt
 import pytest
 
-from tests.exporter_process import ExporterProcess, exporter_env, private_redis
+from tests.exporter_process import ExporterProcess, exporter_env, private_redis, running_exporter
 from tests.support import REPO, Broker, free_port, load_test_app, unique, wait_for
 
 SECRET = "Sentinel-Pa55word-9f3c"
@@ -256,3 +260,47 @@ def test_a_rejected_password_appears_nowhere(tmp_path: Path) -> None:
             assert "**@127.0.0.1" in exporter.output()
         finally:
             exporter.stop()
+
+
+def http_status(port: int, headers: dict[str, str]) -> int | None:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def test_the_exporter_requires_basic_auth_from_its_web_config(
+    redis_broker: Broker, tmp_path: Path
+) -> None:
+    hashed = bcrypt.hashpw(b"scrape-me", bcrypt.gensalt(rounds=4)).decode()
+    web_config = tmp_path / "web.yml"
+    web_config.write_text(f"basic_auth_users:\n  prometheus: {hashed}\n")
+    credentials = base64.b64encode(b"prometheus:scrape-me").decode()
+
+    with running_exporter(
+        redis_broker.url,
+        tmp_path,
+        "--web-config",
+        str(web_config),
+        transport_options=redis_broker.transport_options,
+        wait=False,
+    ) as exporter:
+        wait_for(lambda: http_status(exporter.port, {}) == 401, what="a 401 without credentials")
+        assert http_status(exporter.port, {"Authorization": f"Basic {credentials}"}) == 200
+
+
+def test_a_bad_web_config_is_one_line(tmp_path: Path) -> None:
+    web_config = tmp_path / "web.yml"
+    web_config.write_text("tls_server_config:\n  cert_file: nope.pem\n")
+
+    done = run_cli("exporter", "--broker-url", URL, "--web-config", str(web_config))
+
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2,
+        "",
+        f"Error: web config {web_config}: tls_server_config needs cert_file and key_file\n",
+    )
