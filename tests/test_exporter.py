@@ -446,3 +446,53 @@ def sample_of(collector: Any, name: str) -> float | None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry.get_sample_value(name)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_down_within_the_worker_timeout(
+    own_redis_broker: Broker, tmp_path: Path
+) -> None:
+    with (
+        plain_worker(own_redis_broker, tmp_path) as worker,
+        running_exporter_for(own_redis_broker, tmp_path, "--worker-timeout", "5") as exporter,
+    ):
+        exporter.wait_for_scrape(worker_is_up(worker), what="the worker's heartbeat")
+        killed_at = time.monotonic()
+        worker.process.send_signal(signal.SIGKILL)  # no worker-offline event: just silence
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_worker_up", hostname=worker.hostname) == 0,
+            timeout=20,
+            what="the killed worker to be down",
+        )
+        # Down no sooner than the timeout after its last heartbeat (sent every 2 s).
+        assert time.monotonic() - killed_at >= 5 - 2
+
+
+@pytest.mark.slow
+def test_a_restarted_exporter_picks_up_running_workers(
+    own_redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with plain_worker(own_redis_broker, tmp_path) as worker:
+        app = client_app_for(own_redis_broker, worker.queue)
+        with running_exporter_for(own_redis_broker, tmp_path) as first:
+            first.wait_for_scrape(worker_is_up(worker), what="the worker's heartbeat")
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait(10)
+        with running_exporter_for(own_redis_broker, tmp_path) as second:
+            second.wait_for_scrape(worker_is_up(worker), what="the worker's heartbeat again")
+            # Its queue, learned from its active_queues, also labels its tasks.
+            second.wait_for_scrape(
+                lambda s: s.value("celery_queue_length", queue_name=worker.queue) is not None,
+                what="the worker's queue",
+            )
+            for _ in range(4):
+                app.send_task(f"{T}noop")
+            result = second.wait_for_scrape(
+                lambda s: s.total("celery_task_succeeded_total", hostname=worker.hostname) >= 4,
+                what="the tasks sent after the restart",
+            )
+        worker.assert_alive()
+
+    labels = {"name": f"{T}noop", "hostname": worker.hostname, "queue_name": worker.queue}
+    assert result.value("celery_task_received_total", **labels) == 4
+    assert result.value("celery_task_succeeded_total", **labels) == 4

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from celery_prom.recorder import Recorder
+from celery_prom.store import TaskStore
 from celery_prom.workers import Clock, WorkerLiveness
 from tests.exporter_process import RawEvents, event, hostname, running_exporter_for
 from tests.support import Broker, Scrape
@@ -174,3 +178,51 @@ def test_the_exporter_purges_a_silent_worker_and_drops_its_late_events(
             lambda s: s.value("celery_worker_up", hostname=host) == 1, what="the worker back"
         )
         raw.close()
+
+
+def test_memory_stays_flat_while_thousands_of_workers_come_and_go() -> None:
+    """Rounds of 2,000 new worker hostnames, each running a task, then going silent: once
+    the purged-worker memory (tombstones) is full, a round leaves no memory behind."""
+    clock = FakeClock()
+    store = TaskStore()
+    recorder = Recorder(store)
+
+    def forget(host: str) -> None:
+        store.forget_hostname(host)
+        recorder.forget_hostname(host)
+
+    liveness = WorkerLiveness(30, 600, forget, clock)
+
+    def round_of_workers(number: int) -> None:
+        for index in range(2000):
+            host = f"celery@worker-{number}-{index}"
+            assert liveness.observe(heartbeat(host, clock.wall(), active=1)) is None
+            for kind in ("task-received", "task-started", "task-succeeded"):
+                recorder.record(
+                    {
+                        "type": kind,
+                        "uuid": f"t{index}",
+                        "hostname": host,
+                        "timestamp": clock.wall(),
+                        "name": "app.add",
+                        "runtime": 0.1,
+                    }
+                )
+        clock.now += 601
+        assert len(liveness.purge_offline()) == 2000
+
+    tracemalloc.start()
+    try:
+        for number in range(6):  # 12,000 hostnames: the 10,000 tombstones are full
+            round_of_workers(number)
+        gc.collect()
+        settled = tracemalloc.get_traced_memory()[0]
+        for number in range(6, 10):
+            round_of_workers(number)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+    assert store.versions() == []
+    assert after - settled < 64 * 1024, f"grew by {after - settled} bytes over 8,000 workers"
