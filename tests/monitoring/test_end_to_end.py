@@ -2,9 +2,9 @@
 recording rule and every dashboard query returns data, and CeleryWorkerDown fires when the
 worker is killed.
 
-Queries and records that read exporter-only families (queue lengths, consumers, heartbeats)
-are split off by ``split``: with an exporter started and added to ``targets`` under the
-``celery-exporter`` job, its third list joins the checked ones.
+The worker runs on RabbitMQ, with ``celery-prom exporter`` beside it (job
+``celery-exporter``): RabbitMQ is the broker that reports queue consumers, so the queries
+that read exporter-only families (queue lengths, consumers, heartbeats) have data too.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.exporter_process import running_exporter_for
 from tests.monitoring.prometheus import PrometheusServer, running_prometheus
 from tests.monitoring.promql import (
     ALERT_RULES,
@@ -145,7 +146,7 @@ def split(items: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 
 def test_only_queue_heartbeat_and_consumer_queries_need_the_exporter() -> None:
-    """What this module leaves for a run with the exporter (adds it as ``celery-exporter``)."""
+    """What the exporter beside the worker has to answer for."""
     _, _, exporter_records = split(sorted(recorded_names(*RULE_FILES)))
     assert exporter_records == [
         "queue_name:celery_active_consumer_count:max",
@@ -166,15 +167,23 @@ def test_only_queue_heartbeat_and_consumer_queries_need_the_exporter() -> None:
 
 @pytest.mark.slow
 def test_rules_and_dashboards_return_data_and_worker_down_fires(
-    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+    amqp_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
 ) -> None:
     rule_files = [RECORDING_RULES, alert_rules_with_short_worker_down(tmp_path)]
-    with running_worker(redis_broker, tmp_path, concurrency=2) as worker:
-        targets = {"celery-worker": [f"127.0.0.1:{worker.port}"]}
-        worker_records, _, _ = split(sorted(recorded_names(*RULE_FILES)))
-        worker_queries, alert_queries, _ = split(all_dashboard_queries(dashboard_variables(worker)))
+    with (
+        running_worker(amqp_broker, tmp_path, concurrency=2) as worker,
+        running_exporter_for(amqp_broker, tmp_path, "-Q", worker.queue) as exporter,
+    ):
+        targets = {
+            "celery-worker": [f"127.0.0.1:{worker.port}"],
+            "celery-exporter": [f"127.0.0.1:{exporter.port}"],
+        }
+        worker_records, _, exporter_records = split(sorted(recorded_names(*RULE_FILES)))
+        worker_queries, alert_queries, exporter_queries = split(
+            all_dashboard_queries(dashboard_variables(worker))
+        )
         with running_prometheus(tmp_path, targets, rule_files) as prometheus:
-            app = client_app_for(redis_broker, worker.queue)
+            app = client_app_for(amqp_broker, worker.queue)
             # Series must exist before the counted increases, or rates over the first
             # samples would be 0 and percentiles NaN.
             send(app, FIRST_WAVE)
@@ -182,7 +191,10 @@ def test_rules_and_dashboards_return_data_and_worker_down_fires(
             send(app, SECOND_WAVE)
             wait_until_scraped(prometheus, started(FIRST_WAVE) + started(SECOND_WAVE))
 
-            assert_data_arrives(prometheus, worker_records + worker_queries)
+            assert_data_arrives(
+                prometheus,
+                worker_records + worker_queries + exporter_records + exporter_queries,
+            )
             assert prometheus.query('ALERTS{alertname="CeleryWorkerDown"}') == []
 
             kill(worker)
