@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -105,7 +104,7 @@ class Recorder:
         self.stats = RecorderStats()
         self._max_in_flight = max_in_flight
         self._dedupe_window = dedupe_window
-        self._in_flight: dict[tuple[str, str], deque[_Attempt]] = {}
+        self._in_flight: dict[tuple[str, str], list[_Attempt]] = {}
         # Insertion-ordered, oldest first: a plain dict is cheaper than an OrderedDict here.
         self._finished: dict[tuple[str, str], _Finished] = {}
         self._lock = threading.Lock()
@@ -125,6 +124,23 @@ class Recorder:
             self.stats.received += 1
             try:
                 self._dispatch(event)
+            except InvalidEvent as invalid:
+                self._drop(invalid.reason)
+
+    def record_from_worker(self, hostname: str, event: Mapping[str, Any]) -> None:
+        """Record a task event from inside the worker (the tap); never raises.
+
+        The worker's own events are well-formed dicts: the checks ``record`` makes of
+        events from the broker are skipped, every decision after them is the same.
+        """
+        with self._lock:
+            self.stats.received += 1
+            uuid = event.get("uuid")
+            handler = self._handlers.get(event["type"])
+            try:
+                if handler is None or not isinstance(uuid, str):
+                    raise InvalidEvent(DROP_UNKNOWN_TYPE if handler is None else DROP_MALFORMED)
+                handler((hostname, uuid), event)
             except InvalidEvent as invalid:
                 self._drop(invalid.reason)
 
@@ -195,7 +211,7 @@ class Recorder:
         if attempts is None:
             if len(self._in_flight) >= self._max_in_flight:
                 self._evict_oldest()
-            attempts = self._in_flight[task] = deque()
+            attempts = self._in_flight[task] = []
         attempts.append(attempt)
         self.store.count(attempt.key, RECEIVED)
 
@@ -238,15 +254,22 @@ class Recorder:
                 return attempt
         return None
 
+    def _take_attempt(self, task: tuple[str, str], attempts: list[_Attempt]) -> _Attempt:
+        """Remove and return the attempt an outcome ends: the oldest started, else the oldest."""
+        if len(attempts) == 1:  # nearly always: one delivery of the task in flight
+            del self._in_flight[task]
+            return attempts[0]
+        for index, attempt in enumerate(attempts):
+            if attempt.started:
+                return attempts.pop(index)
+        return attempts.pop(0)
+
     def _finish(self, task: tuple[str, str], event: Mapping[str, Any]) -> SeriesKey | None:
         """The series an outcome belongs to, or None when it was already counted."""
         outcome = event["type"]
         attempts = self._in_flight.get(task)
         if attempts:
-            attempt = next((a for a in attempts if a.started), attempts[0])
-            attempts.remove(attempt)
-            if not attempts:
-                del self._in_flight[task]
+            attempt = self._take_attempt(task, attempts)
             self._remember_finished(task, attempt.key, outcome)
             return attempt.key
         finished = self._finished.get(task)
@@ -267,7 +290,8 @@ class Recorder:
 
     def _remember_finished(self, task: tuple[str, str], key: SeriesKey, outcome: str) -> None:
         finished = self._finished
-        finished.pop(task, None)
+        if task in finished:  # re-inserted so that it counts as the newest
+            del finished[task]
         finished[task] = _Finished(key, {outcome})
         if len(finished) > self._dedupe_window:
             del finished[next(iter(finished))]
@@ -372,9 +396,9 @@ def _optional_number(event: Mapping[str, Any], field_name: str) -> float | None:
     value = event.get(field_name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidEvent(DROP_INVALID_FIELD)
-    number = float(value)
-    if not math.isfinite(number):
-        raise InvalidEvent(DROP_INVALID_FIELD)
-    return number
+    # Exact types: a bool is an int to isinstance, but never a number here.
+    if type(value) is float or type(value) is int:
+        number = float(value)
+        if math.isfinite(number):
+            return number
+    raise InvalidEvent(DROP_INVALID_FIELD)

@@ -41,6 +41,10 @@ METRICS_ATTRIBUTE = "celery_prom"
 #: Field added to the task events the tap passes on, so an exporter receiving them knows
 #: this worker already counts its own tasks and does not count them a second time.
 RECORDED_MARK = "celery_prom"
+#: Events of tasks whose attempt the recorder knows already: no need for the message.
+_MID_FLIGHT = frozenset({"task-started", "task-succeeded", "task-retried"})
+#: Fields the tap adds for the recorder that Celery's published events do not carry.
+_RECORDING_ONLY = ("type", "timestamp", "sent_at", "exception_type")
 #: Failures reported by the main process but never followed by an event stay this long.
 _FAILURE_LOG_SIZE = 1024
 
@@ -145,10 +149,17 @@ class EventTap:
         self._failures = failures
 
     def send(self, type: str, **fields: Any) -> Any:  # Celery's signature
+        dispatcher = self._forward_to
         if type.startswith("task-"):
             self._record(type, fields)
+            # Most workers run without -E: their dispatcher drops task events (or is off), so
+            # skip the call rather than re-pack every event's arguments for nothing.
+            groups = dispatcher.groups
+            if not dispatcher.enabled or (groups and "task" not in groups):
+                return None
+            for private in _RECORDING_ONLY:
+                fields.pop(private, None)
             fields[RECORDED_MARK] = True
-        dispatcher = self._forward_to
         if dispatcher.enabled:
             return dispatcher.send(type, **fields)
         return None
@@ -158,18 +169,21 @@ class EventTap:
         return getattr(self._forward_to, name)
 
     def _record(self, event_type: str, fields: dict[str, Any]) -> None:
-        uuid = fields.get("uuid")
-        event = {**fields, "type": event_type, "hostname": self._hostname, "timestamp": time.time()}
-        arrival = self._arrivals.get(uuid)
-        if arrival is not None:
-            event.setdefault("name", arrival.name)
-            event["queue"] = fields["queue"] = arrival.queue
-            event["sent_at"] = arrival.sent_at
-        if event_type == "task-failed":
-            exception = self._failures.pop(uuid)
-            if exception is not None:
-                event["exception_type"] = exception
-        self._recorder.record(event)
+        # The event is built in place: ``fields`` is this call's own dict, and copying it
+        # for every event of every task is a cost the worker would feel.
+        fields["type"] = event_type
+        fields["timestamp"] = time.time()
+        if event_type not in _MID_FLIGHT:
+            arrival = self._arrivals.get(fields.get("uuid"))
+            if arrival is not None:
+                fields.setdefault("name", arrival.name)
+                fields["queue"] = arrival.queue
+                fields["sent_at"] = arrival.sent_at
+            if event_type == "task-failed":
+                exception = self._failures.pop(fields.get("uuid"))
+                if exception is not None:
+                    fields["exception_type"] = exception
+        self._recorder.record_from_worker(self._hostname, fields)
 
 
 def counting(tally: MessageTally, reason: str, handler: Callable[..., Any]) -> Callable[..., Any]:
