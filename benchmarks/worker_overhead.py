@@ -8,9 +8,12 @@ Three workers, run in interleaved rounds so machine noise hits them alike:
 
 Each round pre-loads the queue with N messages, starts the worker, and times the drain from
 90% to 10% of the queue left (steady state: pool warm-up and the last prefetched tasks are
-outside the window). The bootstep worker's own counters are checked against N at the end.
+outside the window). Over the same window it reads the CPU time the worker's main process
+and its pool children used (from /proc), a steadier measure of what the bootstep costs than
+throughput on a busy 2-core machine. The bootstep worker's own counters are checked against
+N at the end.
 
-Run:  python benchmarks/worker_overhead.py [--tasks 20000] [--rounds 3]
+Run:  python benchmarks/worker_overhead.py [--tasks 10000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
 DB = 12
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PREFIX = f"cpbench-{uuid.uuid4().hex[:8]}:"
 CONFIGS = {
     "plain": ("none", ()),
@@ -95,7 +100,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> float:
+@dataclass(frozen=True)
+class Run:
+    rate: float  # tasks per second
+    main_cpu: float  # CPU microseconds per task in the worker's main process
+    pool_cpu: float  # CPU microseconds per task in its pool children
+
+
+def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Run:
     instrumentation, extra = CONFIGS[config]
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     preload(client, queue, tasks)
@@ -131,16 +143,35 @@ def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> floa
     worker = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         start = _time_when_below(client, queue, 0.9 * tasks)
+        main_start, pool_start = _cpu_seconds(worker.pid)
         end = _time_when_below(client, queue, 0.1 * tasks)
-        rate = 0.8 * tasks / (end - start)
+        main_end, pool_end = _cpu_seconds(worker.pid)
+        measured = 0.8 * tasks
         if config == "bootstep":
             _check_counts(port, queue, tasks)
-        return rate
+        return Run(
+            rate=measured / (end - start),
+            main_cpu=(main_end - main_start) / measured * 1e6,
+            pool_cpu=(pool_end - pool_start) / measured * 1e6,
+        )
     finally:
         worker.terminate()
         worker.wait(60)
         log.close()
         client.delete(PREFIX + queue)
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) of a process and, separately, of its children."""
+    children_file = Path(f"/proc/{pid}/task/{pid}/children")
+    children = [int(child) for child in children_file.read_text().split()]
+    return _process_cpu(pid), sum(_process_cpu(child) for child in children)
+
+
+def _process_cpu(pid: int) -> float:
+    # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _time_when_below(client: redis.Redis, queue: str, level: float) -> float:
@@ -173,32 +204,49 @@ def _check_counts(port: int, queue: str, tasks: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=10000)
+    parser.add_argument("--rounds", type=int, default=5)
     options = parser.parse_args()
     client = redis.Redis(host="127.0.0.1", port=6379, db=DB)
     order = list(CONFIGS)
-    rates: dict[str, list[float]] = {config: [] for config in CONFIGS}
+    runs: dict[str, list[Run]] = {config: [] for config in CONFIGS}
     with tempfile.TemporaryDirectory() as logs:
         try:
             for round_number in range(options.rounds):
-                for config in order[round_number % 3 :] + order[: round_number % 3]:
-                    rate = run_once(client, config, options.tasks, Path(logs))
-                    rates[config].append(rate)
-                    print(f"round {round_number + 1} {config:9s} {rate:8.1f} tasks/s", flush=True)
+                shift = round_number % len(order)
+                for config in order[shift:] + order[:shift]:
+                    run = run_once(client, config, options.tasks, Path(logs))
+                    runs[config].append(run)
+                    print(
+                        f"round {round_number + 1} {config:9s} {run.rate:8.1f} tasks/s "
+                        f"main {run.main_cpu:7.1f} us/task  pool {run.pool_cpu:7.1f} us/task",
+                        flush=True,
+                    )
         finally:
             leftovers = list(client.scan_iter(match=f"{PREFIX}*"))
             if leftovers:
                 client.delete(*leftovers)
-    medians = {config: statistics.median(values) for config, values in rates.items()}
     print()
     print(
-        f"no-op tasks, prefork -c 2, Redis, {options.tasks} tasks x {options.rounds} rounds "
-        "(median tasks/s)"
+        f"no-op tasks, prefork -c 2, Redis, {options.tasks} tasks x {options.rounds} rounds, "
+        "medians"
     )
-    for config, median in medians.items():
-        ratio = median / medians["plain"]
-        print(f"  {config:9s} {median:8.1f} tasks/s   {ratio:.3f}x plain")
+    plain = _medians(runs["plain"])
+    for config, config_runs in runs.items():
+        rate, main_cpu, pool_cpu = _medians(config_runs)
+        print(
+            f"  {config:9s} {rate:8.1f} tasks/s ({rate / plain[0]:.3f}x plain)   "
+            f"main process {main_cpu:7.1f} us/task ({main_cpu - plain[1]:+6.1f})   "
+            f"pool {pool_cpu:7.1f} us/task"
+        )
+
+
+def _medians(runs: list[Run]) -> tuple[float, float, float]:
+    return (
+        statistics.median(run.rate for run in runs),
+        statistics.median(run.main_cpu for run in runs),
+        statistics.median(run.pool_cpu for run in runs),
+    )
 
 
 if __name__ == "__main__":

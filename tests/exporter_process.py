@@ -6,9 +6,7 @@ import base64
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -223,76 +221,6 @@ class RawEvents:
 
 
 # -- a private Redis -------------------------------------------------------------------------
-
-
-class PrivateRedis:
-    """A redis-server of our own on a free port, to stop, freeze and reconfigure."""
-
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.port = free_port()
-        self.dir = tmp_path / f"redis-{self.port}"
-        self.dir.mkdir()
-        self.args = args
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                *self.args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self._answers, timeout=20, what=f"redis-server on {self.port}")
-
-    def client(self, password: str | None = None) -> redis.Redis:
-        return redis.Redis(port=self.port, password=password, socket_timeout=5)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
-
-    def _answers(self) -> bool:
-        try:
-            with socket_to(self.port):
-                return True
-        except OSError:
-            return False
-
-
-@contextlib.contextmanager
-def socket_to(port: int) -> Iterator[None]:
-    with socket.create_connection(("127.0.0.1", port), timeout=1):
-        yield
-
-
-@contextlib.contextmanager
-def private_redis(tmp_path: Path, *args: str, start: bool = True) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path, *args)
-    if start:
-        server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def hostname() -> str:

@@ -256,17 +256,25 @@ def load_test_app(broker: Broker, queue: str) -> Any:
 
 
 class RedisServer:
-    """A private ``redis-server`` on a free port, for tests that kill and restart it."""
+    """A private ``redis-server`` on a free port, for tests that stop, freeze or restart it."""
 
     def __init__(self, tmp_path: Path, *extra_args: str) -> None:
         self.port = free_port()
-        self.dir = tmp_path
+        self.dir = tmp_path / f"redis-{self.port}"
+        self.dir.mkdir()
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
     def broker(self) -> Broker:
-        return Broker(f"redis://127.0.0.1:{self.port}/0")
+        return Broker(self.url)
+
+    def client(self, password: str | None = None) -> redis.Redis:
+        return redis.Redis(port=self.port, password=password, socket_timeout=5)
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -289,15 +297,41 @@ class RedisServer:
         )
         wait_for(self._answers, what=f"redis-server on {self.port}")
 
-    def kill(self) -> None:
+    def stop(self) -> None:
+        """Kill it (SIGKILL: as abrupt as a crash)."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        self.process = None
 
     def _answers(self) -> bool:
         try:
-            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
-        except (redis.AuthenticationError, redis.ResponseError):
-            return True  # it answers; it wants a password
-        except redis.ConnectionError:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
             return False
+
+
+@contextlib.contextmanager
+def private_redis(tmp_path: Path, *args: str, start: bool = True) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, *args)
+    if start:
+        server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def promtool_check_metrics(text: str) -> str:
+    """What ``promtool check metrics`` says of an exposition (empty when it is clean)."""
+    result = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=text.encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return f"exit {result.returncode}: {(result.stdout + result.stderr).decode()}".removeprefix(
+        "exit 0: "
+    )

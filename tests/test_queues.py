@@ -21,8 +21,16 @@ from celery_prom.queues import (
     RedisQueueProbe,
     active_queues_by_worker,
 )
-from tests.exporter_process import private_redis, running_exporter
-from tests.support import REDIS_DB, REDIS_HOST, REDIS_PORT, Broker, load_test_app, unique
+from tests.exporter_process import running_exporter
+from tests.support import (
+    REDIS_DB,
+    REDIS_HOST,
+    REDIS_PORT,
+    Broker,
+    load_test_app,
+    private_redis,
+    unique,
+)
 
 
 @pytest.mark.parametrize("steps", [None, list(range(10))], ids=["default-steps", "ten-steps"])

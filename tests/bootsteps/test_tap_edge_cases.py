@@ -379,7 +379,7 @@ def test_counting_stays_exact_across_a_broker_restart(
             app.send_task(f"{T}noop")
         finished(worker, 5)
 
-        redis_server.kill()
+        redis_server.stop()
         wait_for(
             lambda: "Connection to broker lost" in worker.output(),
             what="the worker to notice the broker is gone",
@@ -396,7 +396,7 @@ def test_counting_stays_exact_across_a_broker_restart(
         worker.assert_alive()
     finally:
         worker.stop()
-        redis_server.kill()
+        redis_server.stop()
 
     assert counts(scrape, worker, "noop") == {
         "received": 12,

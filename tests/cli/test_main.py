@@ -15,8 +15,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.exporter_process import ExporterProcess, exporter_env, private_redis, running_exporter
-from tests.support import REPO, Broker, free_port, load_test_app, unique, wait_for
+from tests.exporter_process import ExporterProcess, exporter_env, running_exporter
+from tests.support import REPO, Broker, free_port, load_test_app, private_redis, unique, wait_for
 
 SECRET = "Sentinel-Pa55word-9f3c"
 
