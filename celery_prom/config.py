@@ -96,23 +96,11 @@ class WorkerSettings:
 
     @classmethod
     def resolve(cls, source: Source) -> WorkerSettings:
-        defaults = LabelLimits()
         return cls(
             port=source.get("port", parse_port, DEFAULT_PORT),
             host=source.get("host", parse_host, DEFAULT_HOST),
             web_config=source.get("web_config", parse_path, None),
-            runtime_buckets=source.get(
-                "runtime_buckets", parse_buckets, metrics.DEFAULT_RUNTIME_BUCKETS
-            ),
-            queue_wait_buckets=source.get(
-                "queue_wait_buckets", parse_buckets, metrics.DEFAULT_QUEUE_WAIT_BUCKETS
-            ),
-            limits=LabelLimits(
-                task_names=source.get("max_task_names", parse_positive_int, defaults.task_names),
-                queues=source.get("max_queues", parse_positive_int, defaults.queues),
-                hostnames=source.get("max_hostnames", parse_positive_int, defaults.hostnames),
-                exceptions=source.get("max_exceptions", parse_positive_int, defaults.exceptions),
-            ),
+            **recording_settings(source),
         )
 
 
@@ -157,7 +145,6 @@ class ExporterSettings:
         broker_url = source.get("broker_url", parse_broker_url, default_broker_url)
         if broker_url is None:
             raise ConfigError("no broker URL: pass --broker-url or set CELERY_PROM_BROKER_URL")
-        defaults = LabelLimits()
         no_queues: tuple[str, ...] = ()
         no_options: dict[str, Any] = {}
         queues = source.get("queues", parse_queues, no_queues)
@@ -176,19 +163,27 @@ class ExporterSettings:
             event_exchange=source.get("event_exchange", parse_name, default_event_exchange),
             log_level=source.get("log_level", parse_log_level, DEFAULT_LOG_LEVEL),
             web_config=source.get("web_config", parse_path, None),
-            runtime_buckets=source.get(
-                "runtime_buckets", parse_buckets, metrics.DEFAULT_RUNTIME_BUCKETS
-            ),
-            queue_wait_buckets=source.get(
-                "queue_wait_buckets", parse_buckets, metrics.DEFAULT_QUEUE_WAIT_BUCKETS
-            ),
-            limits=LabelLimits(
-                task_names=source.get("max_task_names", parse_positive_int, defaults.task_names),
-                queues=source.get("max_queues", parse_positive_int, defaults.queues),
-                hostnames=source.get("max_hostnames", parse_positive_int, defaults.hostnames),
-                exceptions=source.get("max_exceptions", parse_positive_int, defaults.exceptions),
-            ),
+            **recording_settings(source),
         )
+
+
+def recording_settings(source: Source) -> dict[str, Any]:
+    """The settings the worker and the exporter share: histogram buckets and label caps."""
+    defaults = LabelLimits()
+    return {
+        "runtime_buckets": source.get(
+            "runtime_buckets", parse_buckets, metrics.DEFAULT_RUNTIME_BUCKETS
+        ),
+        "queue_wait_buckets": source.get(
+            "queue_wait_buckets", parse_buckets, metrics.DEFAULT_QUEUE_WAIT_BUCKETS
+        ),
+        "limits": LabelLimits(
+            task_names=source.get("max_task_names", parse_positive_int, defaults.task_names),
+            queues=source.get("max_queues", parse_positive_int, defaults.queues),
+            hostnames=source.get("max_hostnames", parse_positive_int, defaults.hostnames),
+            exceptions=source.get("max_exceptions", parse_positive_int, defaults.exceptions),
+        ),
+    }
 
 
 def mask_secrets(text: str) -> str:
