@@ -270,7 +270,10 @@ class Recorder:
         attempts = self._in_flight.get(task)
         if attempts:
             attempt = self._take_attempt(task, attempts)
-            self._remember_finished(task, attempt.key, outcome)
+            # Celery reports nothing after a success; other outcomes can be reported twice
+            # (or be followed by a rejection), so only those are remembered.
+            if outcome != "task-succeeded":
+                self._remember_finished(task, attempt.key, outcome)
             return attempt.key
         finished = self._finished.get(task)
         if finished is not None:

@@ -60,9 +60,9 @@ class ArrivalLog:
 
     def __init__(self) -> None:
         self._arrivals: dict[object, Arrival] = {}
-
-    def get(self, task_id: object) -> Arrival | None:
-        return self._arrivals.get(task_id)
+        #: The arrival of a task id, if its message is being handled (the dict's own get,
+        #: called for most task events).
+        self.get: Callable[[object], Arrival | None] = self._arrivals.get
 
     def wrap(self, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
         arrivals = self._arrivals
@@ -172,7 +172,8 @@ class EventTap:
         # The event is built in place: ``fields`` is this call's own dict, and copying it
         # for every event of every task is a cost the worker would feel.
         fields["type"] = event_type
-        fields["timestamp"] = time.time()
+        if event_type == "task-started":  # the end of the task's queue wait
+            fields["timestamp"] = time.time()
         if event_type not in _MID_FLIGHT:
             arrival = self._arrivals.get(fields.get("uuid"))
             if arrival is not None:
