@@ -161,7 +161,7 @@ def test_a_real_scrape_passes_promtool(
         run_mix(worker, client_app_for(redis_broker, worker.queue))
         text = worker.scrape().text
 
-    assert promtool_check_metrics(text) == ""
+    assert promtool_check_metrics(text) == []
 
 
 def listening_inode(port: int) -> str:
@@ -305,15 +305,15 @@ def test_a_thousand_scrapes_leave_no_descriptor_behind(
     redis_broker: Broker, tmp_path: Path
 ) -> None:
     with running_worker(redis_broker, tmp_path, pool="threads") as worker:
-        worker.scrape()
+        for _ in range(10):  # whatever is opened on first use is open now
+            worker.scrape()
         before = open_descriptors(worker.process.pid)
         for _ in range(1000):
             worker.scrape()
-        # Connection threads close their sockets as they finish; wait for the last one.
-        after = wait_for(
-            lambda: (n := open_descriptors(worker.process.pid)) <= before and n,
+        # Connection threads close their sockets as they finish, so the count comes back to
+        # the baseline; the worker's own broker sockets may close meanwhile, never open more.
+        wait_for(
+            lambda: open_descriptors(worker.process.pid) <= before,
             timeout=10,
-            what="descriptors to settle",
+            what=f"descriptors to come back to {before}",
         )
-
-    assert after == before
