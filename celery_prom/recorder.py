@@ -55,7 +55,7 @@ _UNPICKLEABLE = re.compile(r"UnpickleableExceptionWrapper\('[^']*',\s*'([A-Za-z_
 _OPAQUE_WRAPPERS = frozenset({"ExceptionWithTraceback", "ExceptionInfo"})
 
 _IGNORED = frozenset({"task-sent"})
-_SIMPLE_COUNTERS = {
+_SIMPLE_COUNTERS: Mapping[str, int] = {
     "task-retried": RETRIED,
     "task-revoked": REVOKED,
     "task-rejected": REJECTED,

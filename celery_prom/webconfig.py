@@ -31,7 +31,7 @@ from celery_prom.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-_TLS_VERSIONS = {
+_TLS_VERSIONS: Mapping[str, ssl.TLSVersion] = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
     "TLS12": ssl.TLSVersion.TLSv1_2,
@@ -39,24 +39,26 @@ _TLS_VERSIONS = {
 }
 # Go's client_auth_type names. The two that ask for a certificate without verifying it give
 # no security Python's ssl module can express, so they are refused with a pointer instead.
-_CLIENT_AUTH = {
+_CLIENT_AUTH: Mapping[str, ssl.VerifyMode] = {
     "NoClientCert": ssl.CERT_NONE,
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-_TLS_KEYS = {
-    "cert_file",
-    "key_file",
-    "cert",
-    "key",
-    "client_auth_type",
-    "client_ca_file",
-    "min_version",
-    "max_version",
-    "prefer_server_cipher_suites",
-}
-_TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
-_HTTP_KEYS = {"headers", "http2"}
+_TLS_KEYS = frozenset(
+    {
+        "cert_file",
+        "key_file",
+        "cert",
+        "key",
+        "client_auth_type",
+        "client_ca_file",
+        "min_version",
+        "max_version",
+        "prefer_server_cipher_suites",
+    }
+)
+_TOP_KEYS = frozenset({"tls_server_config", "basic_auth_users", "http_server_config"})
+_HTTP_KEYS = frozenset({"headers", "http2"})
 #: How often at most the file's modification time is checked.
 _RELOAD_CHECK_INTERVAL = 1.0
 #: Verified credentials remembered (as keyed hashes), so each scrape does not pay bcrypt.
@@ -291,7 +293,7 @@ def _tls_version(tls: Mapping[str, Any], key: str, default: str) -> ssl.TLSVersi
     return _TLS_VERSIONS[name]
 
 
-def _refuse_unknown(section: Mapping[str, Any], known: set[str], prefix: str) -> None:
+def _refuse_unknown(section: Mapping[str, Any], known: frozenset[str], prefix: str) -> None:
     unknown = sorted(str(key) for key in section if key not in known)
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]} is not supported by celery-prom")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import celery
@@ -13,7 +13,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from celery_prom import __version__, metrics
 
 # Pool class modules and the name users pass to ``--pool`` for them.
-_POOL_NAMES = {"thread": "threads"}
+_POOL_NAMES: Mapping[str, str] = {"thread": "threads"}
 
 # Why the worker discarded a message; the values of celery_worker_invalid_messages_total.
 INVALID_UNRECOGNIZED = "unrecognized"  # not a task message Celery understands

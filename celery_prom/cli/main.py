@@ -36,7 +36,7 @@ from celery_prom.exporter import Exporter
 USAGE_ERROR = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
     (
         ("--broker-url",),
         {"help": "Broker URL, e.g. redis://host:6379/0 (env CELERY_PROM_BROKER_URL)."},
@@ -88,7 +88,7 @@ _OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--max-queues",), {"help": "Cap on distinct queue names (then `_other`)."}),
     (("--max-hostnames",), {"help": "Cap on distinct worker hostnames (then `_other`)."}),
     (("--max-exceptions",), {"help": "Cap on distinct exception names (then `_other`)."}),
-]
+)
 
 
 class OneLineErrors(click.Command):
