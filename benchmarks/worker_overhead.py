@@ -13,7 +13,13 @@ and its pool children used (from /proc), a steadier measure of what the bootstep
 throughput on a busy 2-core machine. The bootstep worker's own counters are checked against
 N at the end.
 
+Throughput and CPU time on a shared 2-core machine vary by +-15 % from round to round. With
+``--instructions`` each worker instead runs under ``valgrind --tool=callgrind`` (Debian
+package ``valgrind``), which counts the instructions its main process executes over the same
+window, whatever else the machine is doing: the steady measure of the bootstep's cost.
+
 Run:  python benchmarks/worker_overhead.py [--tasks 10000] [--rounds 5]
+      python benchmarks/worker_overhead.py --instructions [--tasks 1500] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import argparse
 import base64
 import json
 import os
-import socket
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,12 +37,15 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import redis
+from common import REPO, free_port  # benchmarks run as scripts, next to this module
 
-REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 DB = 12
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PREFIX = f"cpbench-{uuid.uuid4().hex[:8]}:"
@@ -94,23 +104,32 @@ def preload(client: redis.Redis, queue: str, count: int) -> None:
     pipe.execute()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Run:
     rate: float  # tasks per second
     main_cpu: float  # CPU microseconds per task in the worker's main process
     pool_cpu: float  # CPU microseconds per task in its pool children
 
+    def __str__(self) -> str:
+        return (
+            f"{self.rate:8.1f} tasks/s  main {self.main_cpu:7.1f} us/task  "
+            f"pool {self.pool_cpu:7.1f} us/task"
+        )
 
-def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Run:
+
+@dataclass(frozen=True)
+class Instructions:
+    per_task: float  # instructions per task in the worker's main process
+
+    def __str__(self) -> str:
+        return f"main {self.per_task:12,.0f} instructions/task"
+
+
+def start_worker(
+    config: str, queue: str, log: Path, wrapper: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A prefork -c 2 worker of ``config`` consuming ``queue``, and its metrics port."""
     instrumentation, extra = CONFIGS[config]
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
-    preload(client, queue, tasks)
     port = free_port()
     env = dict(
         os.environ,
@@ -123,6 +142,7 @@ def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Run:
         PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "apps"), str(REPO)]),
     )
     args = [
+        *wrapper,
         sys.executable,
         "-m",
         "celery",
@@ -139,8 +159,15 @@ def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Run:
         "--without-mingle",
         *extra,
     ]
-    log = (logdir / f"{config}-{queue}.log").open("wb")
-    worker = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with log.open("wb") as output:
+        worker = subprocess.Popen(args, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
+    return worker, port
+
+
+def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Run:
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    preload(client, queue, tasks)
+    worker, port = start_worker(config, queue, logdir / f"{config}-{queue}.log")
     try:
         start = _time_when_below(client, queue, 0.9 * tasks)
         main_start, pool_start = _cpu_seconds(worker.pid)
@@ -157,8 +184,47 @@ def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Run:
     finally:
         worker.terminate()
         worker.wait(60)
-        log.close()
         client.delete(PREFIX + queue)
+
+
+def count_instructions(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Instructions:
+    """Instructions per task of the worker's main process while it drains the queue.
+
+    Counting is switched on when 90 % of the queue is left and off at 30 % (under valgrind
+    the worker is slow, so the window is shorter than the throughput run's).
+    """
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    preload(client, queue, tasks)
+    profile = logdir / f"{config}-{queue}.callgrind"
+    wrapper = (
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={profile}.%p",
+    )
+    worker, _ = start_worker(config, queue, logdir / f"{config}-{queue}.log", wrapper)
+    try:
+        _time_when_below(client, queue, 0.9 * tasks)
+        first = _switch_counting(worker.pid, "on", client, queue)
+        _time_when_below(client, queue, 0.3 * tasks)
+        last = _switch_counting(worker.pid, "off", client, queue)
+    finally:
+        worker.terminate()
+        worker.wait(300)
+        client.delete(PREFIX + queue)
+    # The children, forked from it, write their own files; the main process's has its pid.
+    totals = re.search(r"^totals: (\d+)", Path(f"{profile}.{worker.pid}").read_text(), re.M)
+    if totals is None:
+        raise RuntimeError(f"no instruction count in {profile}.{worker.pid}")
+    return Instructions(int(totals.group(1)) / (first - last))
+
+
+def _switch_counting(pid: int, state: str, client: redis.Redis, queue: str) -> float:
+    """Turn callgrind's counting on or off; the queue length at that moment (the mean of
+    the readings on either side of the switch)."""
+    before = client.llen(PREFIX + queue)
+    subprocess.run(["callgrind_control", "-i", state, str(pid)], check=True, capture_output=True)
+    return (before + client.llen(PREFIX + queue)) / 2
 
 
 def _cpu_seconds(pid: int) -> tuple[float, float]:
@@ -204,33 +270,49 @@ def _check_counts(port: int, queue: str, tasks: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=10000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--instructions", action="store_true", help="count under callgrind")
+    parser.add_argument("--tasks", type=int, help="tasks per run (10000; 1500 counting)")
+    parser.add_argument("--rounds", type=int, help="rounds (5; 1 counting)")
     options = parser.parse_args()
+    if options.instructions and shutil.which("callgrind_control") is None:
+        parser.error("--instructions needs valgrind (apt-get install valgrind)")
+    tasks = options.tasks or (1500 if options.instructions else 10000)
+    rounds = options.rounds or (1 if options.instructions else 5)
     client = redis.Redis(host="127.0.0.1", port=6379, db=DB)
-    order = list(CONFIGS)
-    runs: dict[str, list[Run]] = {config: [] for config in CONFIGS}
     with tempfile.TemporaryDirectory() as logs:
         try:
-            for round_number in range(options.rounds):
-                shift = round_number % len(order)
-                for config in order[shift:] + order[:shift]:
-                    run = run_once(client, config, options.tasks, Path(logs))
-                    runs[config].append(run)
-                    print(
-                        f"round {round_number + 1} {config:9s} {run.rate:8.1f} tasks/s "
-                        f"main {run.main_cpu:7.1f} us/task  pool {run.pool_cpu:7.1f} us/task",
-                        flush=True,
-                    )
+            if options.instructions:
+                _report_instructions(_rounds(rounds, count_instructions, client, tasks, logs))
+            else:
+                _report_throughput(_rounds(rounds, run_once, client, tasks, logs))
         finally:
             leftovers = list(client.scan_iter(match=f"{PREFIX}*"))
             if leftovers:
                 client.delete(*leftovers)
+    print(f"(no-op tasks, prefork -c 2, Redis, {tasks} tasks x {rounds} rounds, medians)")
+
+
+def _rounds(
+    rounds: int,
+    measure: Callable[[redis.Redis, str, int, Path], T],
+    client: redis.Redis,
+    tasks: int,
+    logs: str,
+) -> dict[str, list[T]]:
+    """Every config measured ``rounds`` times, in an order that rotates each round."""
+    order = list(CONFIGS)
+    results: dict[str, list[T]] = {config: [] for config in CONFIGS}
+    for round_number in range(rounds):
+        shift = round_number % len(order)
+        for config in order[shift:] + order[:shift]:
+            result = measure(client, config, tasks, Path(logs))
+            results[config].append(result)
+            print(f"round {round_number + 1} {config:9s} {result}", flush=True)
+    return results
+
+
+def _report_throughput(runs: dict[str, list[Run]]) -> None:
     print()
-    print(
-        f"no-op tasks, prefork -c 2, Redis, {options.tasks} tasks x {options.rounds} rounds, "
-        "medians"
-    )
     plain = _medians(runs["plain"])
     for config, config_runs in runs.items():
         rate, main_cpu, pool_cpu = _medians(config_runs)
@@ -238,6 +320,17 @@ def main() -> None:
             f"  {config:9s} {rate:8.1f} tasks/s ({rate / plain[0]:.3f}x plain)   "
             f"main process {main_cpu:7.1f} us/task ({main_cpu - plain[1]:+6.1f})   "
             f"pool {pool_cpu:7.1f} us/task"
+        )
+
+
+def _report_instructions(counts: dict[str, list[Instructions]]) -> None:
+    print()
+    plain = statistics.median(count.per_task for count in counts["plain"])
+    for config, config_counts in counts.items():
+        count = statistics.median(count.per_task for count in config_counts)
+        print(
+            f"  {config:9s} main process {count / 1e6:6.3f} M instructions/task "
+            f"({count / plain:.3f}x plain, {count - plain:+,.0f})"
         )
 
 
