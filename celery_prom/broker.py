@@ -37,7 +37,11 @@ class BrokerStatus:
     def __init__(self) -> None:
         self._receiving = False
         self._query_ok: bool | None = None  # None until a scrape has queried the broker
-        self._error: str | None = "not connected yet"
+        # Kept apart because the receiver's error names why it cannot connect (refused,
+        # bad password), while a scrape's query that meets the same broker may only see
+        # its own timeout.
+        self._receiver_error = "not connected yet"
+        self._query_error: str | None = None
         self._reconnects = 0
         self._lock = threading.Lock()
 
@@ -48,8 +52,11 @@ class BrokerStatus:
 
     @property
     def error(self) -> str | None:
+        """Why the broker is down: the receiver's connection error first, as the cause."""
         with self._lock:
-            return None if self._receiving and self._query_ok is not False else self._error
+            if not self._receiving:
+                return self._receiver_error
+            return self._query_error if self._query_ok is False else None
 
     def receiver_connected(self, reconnect: bool) -> None:
         with self._lock:
@@ -60,7 +67,7 @@ class BrokerStatus:
     def receiver_lost(self, error: str) -> None:
         with self._lock:
             self._receiving = False
-            self._error = error
+            self._receiver_error = error
 
     def query_succeeded(self) -> None:
         with self._lock:
@@ -69,7 +76,7 @@ class BrokerStatus:
     def query_failed(self, error: str) -> None:
         with self._lock:
             self._query_ok = False
-            self._error = error
+            self._query_error = error
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:

@@ -32,6 +32,17 @@ def test_the_broker_is_up_only_while_receiving_and_the_last_query_worked() -> No
     assert sample(status, "celery_prom_broker_reconnects_total") == 1
 
 
+def test_while_the_receiver_cannot_connect_its_error_is_the_one_reported() -> None:
+    status = BrokerStatus()
+    status.receiver_lost("AuthenticationError: invalid username-password pair")
+    status.query_failed("BrokerTimeout: the broker did not answer within 2s")
+    assert status.error == "AuthenticationError: invalid username-password pair"
+    status.receiver_connected(reconnect=True)
+    assert status.error == "BrokerTimeout: the broker did not answer within 2s"
+    status.query_succeeded()
+    assert status.error is None
+
+
 def test_errors_are_described_on_one_masked_line() -> None:
     error = OSError("Error 111 connecting to redis://:pw@h:1/0.\nMore detail")
     assert describe_error(error) == "OSError: Error 111 connecting to redis://:**@h:1/0."

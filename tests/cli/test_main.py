@@ -43,7 +43,12 @@ URL = f"redis://:{SECRET}@127.0.0.1:1/0"
         (
             ["--port", "70000"],
             {},
-            "Error: invalid value for --port: 70000 is not a port number (0-65535, 0 disables)",
+            "Error: invalid value for --port: 70000 is not a port number (1-65535)",
+        ),
+        (
+            [],
+            {"CELERY_PROM_PORT": "0"},
+            "Error: invalid value for CELERY_PROM_PORT: 0 is not a port number (1-65535)",
         ),
         (
             [],
@@ -117,7 +122,7 @@ def test_no_broker_url_at_all() -> None:
     )
 
 
-def test_a_busy_port_is_one_line_naming_it() -> None:
+def test_a_busy_port_is_one_line_naming_it_and_exits_1() -> None:
     port = free_port()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
@@ -132,7 +137,7 @@ def test_a_busy_port_is_one_line_naming_it() -> None:
             str(port),
         )
     assert (done.returncode, done.stderr) == (
-        2,
+        1,
         f"Error: port {port} on 127.0.0.1 is already in use\n",
     )
 
@@ -255,6 +260,8 @@ def test_a_rejected_password_appears_nowhere(tmp_path: Path) -> None:
             status, health = exporter.health()
             assert status == 503
             assert health["checks"]["broker_url"] == f"redis://:**@127.0.0.1:{server.port}/0"
+            # The cause, not a scrape's timeout meeting the same broker.
+            assert health["checks"]["broker_error"].startswith("AuthenticationError: ")
             everything = exporter.output() + scraped.text + json.dumps(health)
             assert SECRET not in everything
             assert "**@127.0.0.1" in exporter.output()
