@@ -151,7 +151,7 @@ class ExporterSettings:
         options = source.get("broker_transport_option", parse_transport_options, no_options)
         return cls(
             broker_url=broker_url,
-            port=source.get("port", parse_port, DEFAULT_PORT),
+            port=source.get("port", parse_listen_port, DEFAULT_PORT),
             host=source.get("host", parse_host, DEFAULT_HOST),
             queues=tuple(dict.fromkeys((*default_queues, *queues))),
             transport_options={**(default_transport_options or {}), **options},
@@ -298,6 +298,14 @@ def parse_port(value: Any) -> int:
     port = _parse_int(value)
     if not 0 <= port <= 65535:
         raise ValueError(f"{port} is not a port number (0-65535, 0 disables)")
+    return port
+
+
+def parse_listen_port(value: Any) -> int:
+    """A port that must be served on (the exporter's, the demo's): 0 cannot turn it off."""
+    port = _parse_int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{port} is not a port number (1-65535)")
     return port
 
 

@@ -223,6 +223,10 @@ def test_transport_options_from_text(text: str, options: dict[str, object]) -> N
             "valid JSON object",
         ),
         (
+            {"CELERY_PROM_PORT": "0"},
+            "invalid value for CELERY_PROM_PORT: 0 is not a port number (1-65535)",
+        ),
+        (
             {"CELERY_PROM_RUNTIME_BUCKETS": "2,1"},
             "invalid value for CELERY_PROM_RUNTIME_BUCKETS: bucket bounds must increase strictly: "
             "'2,1'",

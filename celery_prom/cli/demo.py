@@ -9,7 +9,7 @@ from typing import TypeVar
 import click
 
 from celery_prom.cli.errors import OptionError
-from celery_prom.config import parse_host, parse_port
+from celery_prom.config import parse_host, parse_listen_port
 from celery_prom.demo.runner import DemoOptions, run_demo
 
 T = TypeVar("T")
@@ -53,8 +53,8 @@ def demo(
     options = DemoOptions(
         broker_url=broker_url,
         host=_checked(parse_host, host, "--host"),
-        worker_port=_checked(parse_port, worker_port, "--worker-port"),
-        exporter_port=_checked(parse_port, exporter_port, "--exporter-port"),
+        worker_port=_checked(parse_listen_port, worker_port, "--worker-port"),
+        exporter_port=_checked(parse_listen_port, exporter_port, "--exporter-port"),
         duration=None if duration is None else _checked(_seconds, duration, "--duration"),
     )
     sys.exit(run_demo(options))

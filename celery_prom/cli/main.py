@@ -3,7 +3,8 @@
 Every option is taken as text and validated by ``config.ExporterSettings.resolve``, which
 also reads ``CELERY_PROM_<OPTION>`` environment variables (and, for ``celery prom``, the
 app's ``celery_prom_*`` settings), so a bad value gets the same one-line error wherever it
-came from. Errors are printed as one line, with any URL password masked, and exit with 2.
+came from. Errors are printed as one line, with any URL password masked, and exit with 2;
+a port the exporter cannot listen on (taken, or not allowed) exits with 1, as a worker does.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from celery_prom.config import (
 from celery_prom.exporter import Exporter
 
 USAGE_ERROR = 2
+CANNOT_LISTEN = 1
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
@@ -107,9 +109,9 @@ def exporter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, status: int = USAGE_ERROR) -> NoReturn:
     click.echo(f"Error: {mask_secrets(message)}", err=True)
-    sys.exit(USAGE_ERROR)
+    sys.exit(status)
 
 
 def cli_values(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def run_exporter(settings: ExporterSettings, app: Any = None) -> None:
     except ConfigError as exc:
         fail(str(exc))
     except OSError as exc:
-        fail(exc.strerror or str(exc))
+        fail(exc.strerror or str(exc), CANNOT_LISTEN)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: exporter.stop())
     exporter.run()

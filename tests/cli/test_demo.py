@@ -16,7 +16,11 @@ from tests.support import REPO
         (["--worker-port", "abc"], "invalid value for --worker-port: 'abc' is not an integer"),
         (
             ["--exporter-port", "70000"],
-            "invalid value for --exporter-port: 70000 is not a port number (0-65535, 0 disables)",
+            "invalid value for --exporter-port: 70000 is not a port number (1-65535)",
+        ),
+        (
+            ["--worker-port", "0"],
+            "invalid value for --worker-port: 0 is not a port number (1-65535)",
         ),
         (
             ["--duration", "-1"],
