@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from kombu.utils.url import maybe_sanitize_url
 from prometheus_client.parser import text_string_to_metric_families
 
+from celery_prom.config import mask_secrets
 from celery_prom.demo.app import BROKER_ENV, DEFAULT_QUEUE, REPORTS_QUEUE, TRANSPORT_OPTIONS_ENV
 from celery_prom.demo.traffic import send_traffic
 
@@ -132,13 +133,15 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     try:
         with demo_folder() as folder:
             children = Children()
+            broker = demo_broker(options.broker_url, folder)
             try:
-                broker = demo_broker(options.broker_url, folder)
                 status = _run(options, broker, folder, children, stop=stop, out=out)
             finally:
                 # Before the folder goes: the children still use it.
                 stop.set()
                 children.stop_all()
+                if not broker.embedded:
+                    _empty_demo_queues(broker, out)
     except KeyboardInterrupt:
         status = 0
     finally:
@@ -216,6 +219,21 @@ def _demo_app(broker: Broker) -> Any:
     app = importlib.import_module("celery_prom.demo.app").app
     app.conf.update(broker_url=broker.url, broker_transport_options=dict(broker.transport_options))
     return app
+
+
+def _empty_demo_queues(broker: Broker, out: TextIO) -> None:
+    """Drop the orders a real broker still holds, so the next demo starts with none.
+
+    Runs after the worker stopped, when it has handed back what it had prefetched.
+    """
+    queues = f"{DEFAULT_QUEUE}, {REPORTS_QUEUE}"
+    try:
+        removed = _demo_app(broker).control.purge()
+    except Exception as exc:  # noqa: BLE001 - reported; the demo is ending either way
+        message = f"could not empty {queues}: {type(exc).__name__}: {exc}"
+    else:
+        message = f"removed {removed} unprocessed messages from {queues}"
+    print(f"celery-prom demo: {mask_secrets(message)}", file=out, flush=True)
 
 
 def _announce(options: DemoOptions, broker: Broker, folder: Path, out: TextIO) -> None:

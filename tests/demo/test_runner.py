@@ -5,13 +5,26 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis
+from celery import Celery
 
-from tests.support import REPO, Scrape, free_port, try_scrape, wait_for
+from celery_prom.demo.app import DEFAULT_QUEUE, REPORTS_QUEUE
+from tests.support import (
+    REDIS_DB,
+    REDIS_HOST,
+    REDIS_PORT,
+    REPO,
+    Scrape,
+    free_port,
+    try_scrape,
+    wait_for,
+)
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -89,3 +102,41 @@ def test_the_demo_shows_live_metrics_and_cleans_up_after_ctrl_c(tmp_path: Path) 
     assert not Path(folder.group(1)).exists()
     assert processes_mentioning(f"--prom-port {worker_port}") == []
     assert processes_mentioning(f"--port {exporter_port}") == []
+
+
+def test_on_a_real_broker_the_demo_leaves_no_messages_behind_even_when_it_fails() -> None:
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    # Leftovers of an earlier run, an urgent order among them (a priority sub-queue).
+    producer = Celery("cptest_demo_leftovers", broker=url, set_as_current=False)
+    producer.send_task("demo.checkout", args=[1], queue=DEFAULT_QUEUE, priority=9)
+    producer.send_task("demo.build_report", queue=REPORTS_QUEUE)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "celery_prom.cli",
+                "demo",
+                "--broker-url",
+                url,
+                "--host",
+                "127.0.0.1",
+                "--worker-port",
+                str(taken.getsockname()[1]),
+                "--exporter-port",
+                str(free_port()),
+            ],
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "already in use" in done.stdout
+    assert re.search(r"^celery-prom demo: removed \d+ unprocessed messages from", done.stdout, re.M)
+    assert client.keys("celery-prom-demo*") == []
