@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from kombu.transport import TRANSPORT_ALIASES
-from kombu.utils.url import maybe_sanitize_url
 
 from celery_prom import metrics
 from celery_prom.store import LabelLimits
@@ -33,8 +32,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # The credentials part of any URL: ``scheme://user:password@`` (user may be empty), up to
 # the last ``@`` of the word, so an unencoded ``@`` in a password is masked too. A word ends
-# at ``;`` and ``,`` too, which separate the URLs of a failover list.
-_URL_CREDENTIALS = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s'";,]*):[^\s'";,]*@""")
+# at ``;``, which separates the URLs of a failover list; a password may hold a ``,``.
+_URL_CREDENTIALS = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s'";,]*):[^\s'";]*@""")
 
 T = TypeVar("T")
 
@@ -208,7 +207,7 @@ def parse_broker_url(value: Any) -> str:
         raise ValueError("not a broker URL (like redis://host:6379/0)")
     scheme = value.split("://", 1)[0].split("+", 1)[0]
     if not _known_transport(scheme):
-        raise ValueError(f"unknown broker transport {scheme!r} in {maybe_sanitize_url(value)}")
+        raise ValueError(f"unknown broker transport {scheme!r} in {mask_secrets(value)}")
     return value
 
 

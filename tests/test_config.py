@@ -257,6 +257,8 @@ def test_the_broker_url_is_required() -> None:
             "sentinel://:a@h1:26379;sentinel://:b@h2:26379",
             "sentinel://:**@h1:26379;sentinel://:**@h2:26379",
         ),
+        ("redis://:s3cr,et@h/0", "redis://:**@h/0"),
+        ("amqp://u:p1@h1;amqp://u:p,2@h2//", "amqp://u:**@h1;amqp://u:**@h2//"),
         ("redis://h:6379/0 has no password", "redis://h:6379/0 has no password"),
     ],
 )

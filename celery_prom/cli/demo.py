@@ -9,13 +9,12 @@ from typing import TypeVar
 import click
 
 from celery_prom.cli.errors import OptionError
-from celery_prom.config import parse_host, parse_listen_port
+from celery_prom.config import DEFAULT_PORT, parse_broker_url, parse_host, parse_listen_port
 from celery_prom.demo.runner import DemoOptions, run_demo
 
 T = TypeVar("T")
 
-DEFAULT_WORKER_PORT = 9808
-DEFAULT_EXPORTER_PORT = 9809
+DEFAULT_EXPORTER_PORT = DEFAULT_PORT + 1
 
 
 @click.command(name="demo")
@@ -33,7 +32,7 @@ DEFAULT_EXPORTER_PORT = 9809
 )
 @click.option(
     "--worker-port",
-    default=str(DEFAULT_WORKER_PORT),
+    default=str(DEFAULT_PORT),
     show_default=True,
     help="Port of the worker's /metrics.",
 )
@@ -51,7 +50,9 @@ def demo(
 ) -> None:
     """A live shop with a prefork worker and the exporter: real metrics, one command."""
     options = DemoOptions(
-        broker_url=broker_url,
+        broker_url=None
+        if broker_url is None
+        else _checked(parse_broker_url, broker_url, "--broker-url"),
         host=_checked(parse_host, host, "--host"),
         worker_port=_checked(parse_listen_port, worker_port, "--worker-port"),
         exporter_port=_checked(parse_listen_port, exporter_port, "--exporter-port"),

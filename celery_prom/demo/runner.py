@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from kombu.utils.url import maybe_sanitize_url
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_prom.config import mask_secrets
@@ -240,7 +239,7 @@ def _announce(options: DemoOptions, broker: Broker, folder: Path, out: TextIO) -
     where = (
         f"an embedded broker in {folder}"
         if broker.embedded
-        else f"broker {maybe_sanitize_url(broker.url)}"
+        else f"broker {mask_secrets(broker.url)}"
     )
     host = _http_host(options.host)
     print(f"celery-prom demo on {where}", file=out)

@@ -30,6 +30,10 @@ from tests.support import REPO
             ["--host", "no host"],
             "invalid value for --host: 'no host' is not a host name or IP address",
         ),
+        (
+            ["--broker-url", "foo://u:Sentinel-pw@h/0"],
+            "invalid value for --broker-url: unknown broker transport 'foo' in foo://u:**@h/0",
+        ),
         (["--colour"], "No such option '--colour'."),
     ],
 )
