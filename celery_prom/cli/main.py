@@ -121,7 +121,11 @@ def cli_values(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_exporter(settings: ExporterSettings, app: Any = None) -> None:
     configure_logging(settings.log_level)
-    exporter = Exporter(settings, app)
+    try:
+        exporter = Exporter(settings, app)
+    except ImportError as exc:  # kombu knows the transport, but its client library is missing
+        scheme = settings.broker_url.split("://", 1)[0]
+        fail(f"the {scheme!r} transport needs a client library that is not installed ({exc})")
     try:
         exporter.bind()
     except ConfigError as exc:

@@ -114,6 +114,15 @@ def test_a_bad_broker_url_is_reported_masked(url: str, message: str) -> None:
     assert (done.returncode, done.stderr) == (2, message + "\n")
 
 
+def test_a_transport_without_its_client_library_is_one_line() -> None:
+    done = run_cli("exporter", "--broker-url", f"mongodb://u:{SECRET}@127.0.0.1:1/db")
+    assert (done.returncode, done.stderr) == (
+        2,
+        "Error: the 'mongodb' transport needs a client library that is not installed "
+        "(No module named 'pymongo')\n",
+    )
+
+
 def test_no_broker_url_at_all() -> None:
     done = run_cli("exporter")
     assert (done.returncode, done.stderr) == (
