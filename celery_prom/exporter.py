@@ -319,6 +319,7 @@ class Exporter:
         self.store.forget_hostname(hostname)
         self.recorder.forget_hostname(hostname)
         self.losses.forget(hostname)
+        self.discovery.forget(hostname)
         logger.info("celery-prom: forgot offline worker %s", hostname)
 
 

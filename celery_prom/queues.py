@@ -77,6 +77,10 @@ class QueueDiscovery:
         self._interval = interval
         self._reply_timeout = reply_timeout
         self._worker_queues: dict[str, tuple[str, ...]] = {}
+        # Workers already asked about since the last regular round: one that does not
+        # answer (remote control off, busy) must not trigger a broadcast per heartbeat.
+        self._asked: set[str] = set()
+        self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._wanted = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,20 +103,32 @@ class QueueDiscovery:
 
     def notice(self, hostname: str) -> None:
         """A worker sent an event; ask for its queues soon if they are not known."""
-        if hostname not in self._worker_queues:
-            self._wanted.set()
+        with self._lock:
+            if hostname in self._worker_queues or hostname in self._asked:
+                return
+            self._asked.add(hostname)
+        self._wanted.set()
 
     def queue_of(self, hostname: object) -> str | None:
         """The queue a worker consumes from, when it consumes exactly one."""
         queues = self._worker_queues.get(hostname) if isinstance(hostname, str) else None
         return queues[0] if queues is not None and len(queues) == 1 else None
 
+    def forget(self, hostname: str) -> None:
+        """Drop what is known of a worker that went offline."""
+        with self._lock:
+            self._worker_queues = {
+                name: queues for name, queues in self._worker_queues.items() if name != hostname
+            }
+            self._asked.discard(hostname)
+
     def refresh(self) -> None:
         replies = self._app.control.inspect(timeout=self._reply_timeout).active_queues()
         by_worker = active_queues_by_worker(replies)
         for queues in by_worker.values():
             self._names.add(queues)
-        self._worker_queues = {**self._worker_queues, **by_worker}
+        with self._lock:
+            self._worker_queues = {**self._worker_queues, **by_worker}
 
     def _run(self) -> None:
         while not self._stopped.is_set():
@@ -123,7 +139,11 @@ class QueueDiscovery:
                 logger.warning(
                     "celery-prom: asking workers for their queues failed: %s", describe_error(exc)
                 )
-            self._wanted.wait(self._interval)
+            except Exception:  # a dead thread would end discovery for good
+                logger.exception("celery-prom: asking workers for their queues failed")
+            if not self._wanted.wait(self._interval):
+                with self._lock:
+                    self._asked.clear()  # a regular round: silent workers may be asked again
 
 
 def active_queues_by_worker(replies: object) -> dict[str, tuple[str, ...]]:

@@ -6,6 +6,8 @@ import signal
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis
@@ -16,6 +18,7 @@ from celery_prom.broker import BoundedCall, BrokerStatus, BrokerTimeout
 from celery_prom.queues import (
     AmqpQueueProbe,
     QueueCollector,
+    QueueDiscovery,
     QueueNames,
     QueueSize,
     RedisQueueProbe,
@@ -164,6 +167,47 @@ def test_active_queues_replies_are_read_defensively() -> None:
     }
     assert active_queues_by_worker(replies) == {"w1@h": ("one", "two"), "w2@h": ()}
     assert active_queues_by_worker(None) == {}
+
+
+class RepliesApp:
+    """Just enough of a Celery app for queue discovery: canned ``active_queues`` replies."""
+
+    def __init__(self, replies: dict[str, Any]) -> None:
+        self.replies = replies
+        self.control = SimpleNamespace(inspect=self.inspect)
+
+    def inspect(self, timeout: float) -> Any:
+        return SimpleNamespace(active_queues=lambda: self.replies)
+
+    def connection_for_read(self) -> Any:
+        return SimpleNamespace(connection_errors=(), channel_errors=())
+
+
+def test_a_worker_that_never_answers_is_asked_about_once_per_round() -> None:
+    discovery = QueueDiscovery(RepliesApp({}), QueueNames([], 10))
+    wanted = discovery._wanted  # the discovery thread's wake-up, driven here by hand
+
+    discovery.notice("silent@h")
+    assert wanted.is_set()
+    wanted.clear()
+    discovery.refresh()  # no answer from silent@h
+    discovery.notice("silent@h")
+    assert not wanted.is_set()
+    discovery.notice("new@h")
+    assert wanted.is_set()
+
+
+def test_a_forgotten_worker_loses_its_queues_and_is_asked_again_when_it_returns() -> None:
+    app = RepliesApp({"w1@h": [{"name": "q1"}]})
+    discovery = QueueDiscovery(app, QueueNames([], 10))
+    discovery.refresh()
+    assert discovery.queue_of("w1@h") == "q1"
+
+    discovery.forget("w1@h")
+    assert discovery.queue_of("w1@h") is None
+    discovery._wanted.clear()
+    discovery.notice("w1@h")
+    assert discovery._wanted.is_set()
 
 
 @pytest.mark.slow
