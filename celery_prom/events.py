@@ -135,23 +135,34 @@ class LossEstimator:
         self._max_senders = max_senders
         self._last: dict[str, tuple[int, int]] = {}
         self._epoch = 0
+        # The receiver observes while a scrape's purge of offline workers forgets.
+        self._lock = threading.Lock()
 
     def new_connection(self) -> None:
-        self._epoch += 1
+        with self._lock:
+            self._epoch += 1
 
     def forget(self, hostname: str) -> None:
-        self._last.pop(hostname, None)
+        with self._lock:
+            self._last.pop(hostname, None)
 
     def observe(self, hostname: object, clock: object) -> None:
         if type(clock) is not int or not isinstance(hostname, str):
             return
+        with self._lock:
+            lost = self._advance(hostname, clock)
+        if lost:
+            self._recorder.count_lost(lost)
+
+    def _advance(self, hostname: str, clock: int) -> int:
+        """Record a sender's clock; the events it sent that never arrived."""
         last = self._last.get(hostname)
-        if last is None:
-            if len(self._last) >= self._max_senders:
-                return
-        elif last[1] != self._epoch and clock - last[0] > 1:
-            self._recorder.count_lost(clock - last[0] - 1)
+        if last is None and len(self._last) >= self._max_senders:
+            return 0
         self._last[hostname] = (clock, self._epoch)
+        if last is None or last[1] == self._epoch:
+            return 0
+        return max(0, clock - last[0] - 1)
 
 
 class WorkerQueues(Protocol):

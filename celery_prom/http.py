@@ -70,7 +70,6 @@ class MetricsServer:
     def __init__(
         self, host: str, port: int, endpoint: Endpoint, web_config: WebConfigFile | None = None
     ) -> None:
-        self.endpoint = endpoint
         try:
             self._httpd = _Server((host, port), _Handler, endpoint, web_config)
         except OSError as exc:
@@ -108,14 +107,19 @@ class MetricsServer:
         # A blocking accept rather than socketserver's polling loop: an idle endpoint then
         # costs the worker nothing (a poll would take the GIL from it several times a second).
         httpd = self._httpd
+        failing = False
         while not self._stopping.is_set():
             try:
                 connection, address = httpd.get_request()
             except OSError as exc:
                 if not self._stopping.is_set():
-                    logger.debug("celery-prom: accept failed: %s", exc)
-                    self._stopping.wait(ACCEPT_RETRY_DELAY)  # e.g. out of descriptors
+                    # Once per streak: out of descriptors, it would fail ten times a second.
+                    log = logger.debug if failing else logger.warning
+                    log("celery-prom: cannot accept connections: %s", exc)
+                    failing = True
+                    self._stopping.wait(ACCEPT_RETRY_DELAY)
                 continue
+            failing = False
             httpd.process_request(connection, address)  # in a thread of its own
 
     def close_socket(self) -> None:

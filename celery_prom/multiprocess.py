@@ -309,7 +309,7 @@ class MultiprocessMetrics:
         while not self._stopping.wait(self._interval):
             try:
                 self.directory.compact()
-            except (OSError, RuntimeError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a dead thread would stop compaction for good
                 # Nothing is lost: files stay until they are in an archive. Retried.
                 logger.warning("celery-prom: compacting %s failed: %s", self.directory.path, exc)
 
