@@ -63,8 +63,6 @@ _HTTP_KEYS = frozenset({"headers", "http2"})
 _RELOAD_CHECK_INTERVAL = 1.0
 #: Verified credentials remembered (as keyed hashes), so each scrape does not pay bcrypt.
 _AUTH_CACHE_SIZE = 64
-# A valid hash to check unknown user names against, so they cost what known ones do.
-_DUMMY_HASH = bcrypt.hashpw(b"celery-prom", bcrypt.gensalt(rounds=10))
 
 
 @dataclass(frozen=True)
@@ -136,6 +134,9 @@ class BasicAuth:
         self._key = os.urandom(32)
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
+        # A valid hash to check unknown user names against, so they cost what known ones
+        # do; made on first need, as bcrypt is slow by design and most endpoints use no auth.
+        self._unknown_user_hash: bytes | None = None
 
     def allows(self, config: WebConfig, authorization: str | None) -> bool:
         if not config.requires_auth:
@@ -153,13 +154,18 @@ class BasicAuth:
             if token in self._verified:
                 self._verified.move_to_end(token)
                 return True
-        if not _password_matches(password, stored or _DUMMY_HASH) or stored is None:
+        if not _password_matches(password, stored or self._hash_for_unknown_users()) or not stored:
             return False
         with self._lock:
             self._verified[token] = None
             while len(self._verified) > _AUTH_CACHE_SIZE:
                 self._verified.popitem(last=False)
         return True
+
+    def _hash_for_unknown_users(self) -> bytes:
+        if self._unknown_user_hash is None:
+            self._unknown_user_hash = bcrypt.hashpw(b"celery-prom", bcrypt.gensalt(rounds=10))
+        return self._unknown_user_hash
 
 
 def _password_matches(password: bytes, hashed: bytes) -> bool:

@@ -90,7 +90,6 @@ class WorkerMetrics:
     def __init__(
         self, worker: Any, hostname: str, settings: WorkerSettings, user_metrics: UserMetrics
     ) -> None:
-        self.settings = settings
         self.store = TaskStore(
             settings.runtime_buckets, settings.queue_wait_buckets, settings.limits
         )
