@@ -8,16 +8,20 @@ process still holding its TCP connections) costs a scrape a bounded wait, never 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from kombu import Connection
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from celery_prom import metrics
 from celery_prom.config import mask_secrets
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 class BrokerTimeout(Exception):
@@ -29,6 +33,33 @@ def describe_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     name = type(exc).__name__
     return mask_secrets(f"{name}: {text}" if text else name)
+
+
+def close_connection(connection: Connection) -> None:
+    """Release a kombu connection, broken or not, and its transport's poller.
+
+    kombu's Redis transport opens an epoll descriptor per transport and leaves closing it
+    to the garbage collector, which in a long-running process may not come for hours: an
+    exporter reconnecting to a flapping broker would pile them up.
+    """
+    transport = connection.transport
+    errors = (OSError, *connection.connection_errors, *connection.channel_errors)
+    try:
+        connection.release()
+    except errors as exc:
+        logger.debug("celery-prom: closing a broken broker connection: %s", describe_error(exc))
+    poller: Any = getattr(getattr(transport, "cycle", None), "poller", None)
+    if poller is not None:
+        poller.close()
+
+
+def transport_kind(url: str, transport_options: Any = None) -> tuple[str, type]:
+    """The driver type (``redis``, ``amqp``...) and transport class kombu uses for ``url``."""
+    connection = Connection(url, transport_options=dict(transport_options or {}))
+    try:
+        return connection.transport.driver_type, type(connection.transport)
+    finally:
+        close_connection(connection)
 
 
 class BrokerStatus:

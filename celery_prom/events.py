@@ -32,6 +32,7 @@ from kombu import Connection, Consumer, Queue
 from kombu.transport.redis import SentinelTransport
 
 from celery_prom.bootsteps.tap import RECORDED_MARK
+from celery_prom.broker import close_connection, transport_kind
 from celery_prom.recorder import (
     DROP_MALFORMED,
     DROP_OFFLINE_WORKER,
@@ -302,8 +303,8 @@ class RedisEventStream:
     @staticmethod
     def reads(url: str) -> bool:
         """Plain Redis; Sentinel setups go through kombu, which follows the master."""
-        transport = Connection(url).transport
-        return transport.driver_type == "redis" and not isinstance(transport, SentinelTransport)
+        driver, transport = transport_kind(url)
+        return driver == "redis" and not issubclass(transport, SentinelTransport)
 
     def connect(self) -> None:
         channel = self._kombu.channel()
@@ -361,7 +362,7 @@ class RedisEventStream:
         subscriber, self._subscriber = self._subscriber, None
         if subscriber is not None:
             subscriber.disconnect()
-        self._kombu.release()
+        close_connection(self._kombu)
 
     @staticmethod
     def _keep_alive(sock: socket.socket, last_read: float, ping_sent: float | None) -> float | None:
@@ -432,7 +433,7 @@ class KombuEventStream:
 
     def close(self) -> None:
         self._consumer = None
-        self._connection.release()
+        close_connection(self._connection)
 
     def _on_message(self, message: Any) -> None:
         self._on_body(message.body, message.content_type)

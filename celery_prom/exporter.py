@@ -206,6 +206,7 @@ class Exporter:
             max_workers=settings.limits.hostnames,
         )
         self.status = BrokerStatus()
+        self._events_from_redis = RedisEventStream.reads(settings.broker_url)
         self.queue_names = QueueNames(settings.queues, settings.limits.queues)
         self.discovery = QueueDiscovery(self.app, self.queue_names)
         self.router = EventRouter(self.recorder, self.liveness, self.losses, self.discovery)
@@ -299,7 +300,7 @@ class Exporter:
 
     def _new_stream(self) -> EventStream:
         settings = self.settings
-        if RedisEventStream.reads(settings.broker_url):
+        if self._events_from_redis:
             return RedisEventStream(
                 settings.broker_url,
                 settings.transport_options,

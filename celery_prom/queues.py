@@ -23,7 +23,13 @@ from kombu import Connection
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from celery_prom import metrics
-from celery_prom.broker import BoundedCall, BrokerStatus, describe_error
+from celery_prom.broker import (
+    BoundedCall,
+    BrokerStatus,
+    close_connection,
+    describe_error,
+    transport_kind,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +228,7 @@ class RedisQueueProbe:
     def _reset(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None:
-            _close_quietly(connection)
+            close_connection(connection)
 
 
 class AmqpQueueProbe:
@@ -293,7 +299,7 @@ class AmqpQueueProbe:
     def _reset(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None:
-            _close_quietly(connection)
+            close_connection(connection)
 
 
 class KombuQueueProbe:
@@ -321,7 +327,7 @@ class KombuQueueProbe:
 def probe_for(
     url: str, transport_options: Mapping[str, Any], timeout: float, event_exchange: str
 ) -> QueueProbe:
-    driver = Connection(url, transport_options=dict(transport_options)).transport.driver_type
+    driver, _ = transport_kind(url, transport_options)
     if driver == "redis":
         return RedisQueueProbe(url, transport_options, timeout)
     if driver == "amqp":
@@ -370,10 +376,3 @@ class QueueCollector:
                 consumers.add_metric((size.name,), size.consumers)
         yield length
         yield consumers
-
-
-def _close_quietly(connection: Connection) -> None:
-    try:
-        connection.release()
-    except (OSError, *connection.connection_errors, *connection.channel_errors) as exc:
-        logger.debug("celery-prom: closing a broken broker connection: %s", describe_error(exc))

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
+from kombu import Connection
+from kombu.transport.redis import SentinelTransport
 from prometheus_client import CollectorRegistry
 
-from celery_prom.broker import BoundedCall, BrokerStatus, BrokerTimeout, describe_error
+from celery_prom.broker import (
+    BoundedCall,
+    BrokerStatus,
+    BrokerTimeout,
+    close_connection,
+    describe_error,
+    transport_kind,
+)
+from tests.support import REDIS_DB, REDIS_HOST, REDIS_PORT, free_port
 
 
 def sample(status: BrokerStatus, name: str) -> float | None:
@@ -74,3 +85,37 @@ def test_a_bounded_call_gives_up_waiting_but_never_runs_two_queries() -> None:
     release.set()
     call.timeout = 5
     assert call(stuck) in (7,)
+
+
+def open_pollers() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += "eventpoll" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, gone by now
+            continue
+    return count
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["connected", "refused"])
+def test_closing_a_connection_closes_its_poller_at_once(reachable: bool) -> None:
+    port = REDIS_PORT if reachable else free_port()
+    before = open_pollers()
+    for _ in range(5):
+        connection = Connection(f"redis://{REDIS_HOST}:{port}/{REDIS_DB}", connect_timeout=1)
+        try:
+            connection.channel().close()
+        except connection.connection_errors:
+            assert not reachable
+        close_connection(connection)
+
+    assert open_pollers() == before
+
+
+def test_transport_kind_names_the_driver_and_class_without_connecting() -> None:
+    before = open_pollers()
+
+    assert transport_kind("redis://h:1/0")[0] == "redis"
+    assert issubclass(transport_kind("sentinel://h:1/0")[1], SentinelTransport)
+    assert transport_kind("amqp://guest:guest@h:1//")[0] == "amqp"
+    assert open_pollers() == before
