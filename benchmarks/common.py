@@ -33,16 +33,21 @@ def wait_until(probe: Callable[[], object], timeout: float, what: str) -> None:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-@contextlib.contextmanager
-def private_redis() -> Iterator[int]:
-    """A redis-server on a free port with stock settings (pub/sub buffer limits included)."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        process = subprocess.Popen(
+class RedisServer:
+    """A redis-server on a fixed free port with stock settings (pub/sub buffer limits
+    included), that can be killed and started again on the same port."""
+
+    def __init__(self, workdir: str) -> None:
+        self.port = free_port()
+        self._workdir = workdir
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
             [
                 shutil.which("redis-server") or "redis-server",
                 "--port",
-                str(port),
+                str(self.port),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -50,16 +55,30 @@ def private_redis() -> Iterator[int]:
                 "--appendonly",
                 "no",
                 "--dir",
-                workdir,
+                self._workdir,
             ],
             stdout=subprocess.DEVNULL,
         )
+        wait_until(lambda: _connects(self.port), 20, "redis-server")
+
+    def kill(self) -> None:
+        """SIGKILL: as abrupt as a crash."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[RedisServer]:
+    """A started ``RedisServer``, killed on exit."""
+    with tempfile.TemporaryDirectory() as workdir:
+        server = RedisServer(workdir)
         try:
-            wait_until(lambda: _connects(port), 20, "redis-server")
-            yield port
+            server.start()
+            yield server
         finally:
-            process.kill()
-            process.wait()
+            server.kill()
 
 
 def _connects(port: int) -> bool:

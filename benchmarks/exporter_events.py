@@ -340,7 +340,8 @@ def main() -> None:
     args = parser.parse_args()
     rates = [int(rate) for rate in args.rates.split(",")]
     results: list[Result] = []
-    with private_redis() as redis_port:
+    with private_redis() as server:
+        redis_port = server.port
         for consumer in consumers(redis_port):
             process = subprocess.Popen(consumer.command, cwd=REPO, stdout=subprocess.DEVNULL)
             try:

@@ -218,7 +218,8 @@ def flood_counted(
 
 def end_to_end(names: int, workers: int, flood_rate: int, seconds: float) -> dict[str, object]:
     result: dict[str, object] = {}
-    with private_redis() as redis_port:
+    with private_redis() as server:
+        redis_port = server.port
         port = free_port()
         command = [
             PYTHON,
