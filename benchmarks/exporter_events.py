@@ -204,6 +204,9 @@ class Consumer:
     def count(self) -> float | None:
         return metric_sum(self.port, self.counter)
 
+    def answers(self) -> bool:
+        return self.count() is not None
+
 
 def consumers(redis_port: int) -> list[Consumer]:
     url = f"redis://127.0.0.1:{redis_port}/0"
@@ -345,7 +348,7 @@ def main() -> None:
         for consumer in consumers(redis_port):
             process = subprocess.Popen(consumer.command, cwd=REPO, stdout=subprocess.DEVNULL)
             try:
-                wait_until(lambda c=consumer: c.count() is not None, 60, f"{consumer.name}")
+                wait_until(consumer.answers, 60, f"{consumer.name}")
                 warm_up(consumer, redis_port)
                 for n, rate in enumerate(rates):
                     clock_start = (n + 1) * 10_000_000

@@ -98,13 +98,14 @@ def in_process(names: int, workers: int) -> dict[str, object]:
     generic = timed(functools.partial(generate_latest, registry))
     exposition = TaskExposition(store)
     cold = timed(exposition.render, runs=1)
+    series, size = len(store.versions()), len(exposition.render())
     result: dict[str, object] = {
-        "series": len(store.versions()),
-        "bytes": len(exposition.render()),
+        "series": series,
+        "bytes": size,
         "generic": generic,
         "incremental_cold": cold,
     }
-    print(f"{result['series']} series, {result['bytes'] / 1e6:.1f} MB of text")
+    print(f"{series} series, {size / 1e6:.1f} MB of text")
     print(f"  prometheus_client generate_latest   {describe(generic)}")
     print(f"  TaskExposition, first render        {describe(cold)}")
     for fraction in (0.0, 0.01, 0.10):
