@@ -325,12 +325,12 @@ def _report_throughput(runs: dict[str, list[Run]]) -> None:
 
 def _report_instructions(counts: dict[str, list[Instructions]]) -> None:
     print()
-    plain = statistics.median(count.per_task for count in counts["plain"])
+    plain = statistics.median(run.per_task for run in counts["plain"])
     for config, config_counts in counts.items():
-        count = statistics.median(count.per_task for count in config_counts)
+        per_task = statistics.median(run.per_task for run in config_counts)
         print(
-            f"  {config:9s} main process {count / 1e6:6.3f} M instructions/task "
-            f"({count / plain:.3f}x plain, {count - plain:+,.0f})"
+            f"  {config:9s} main process {per_task / 1e6:6.3f} M instructions/task "
+            f"({per_task / plain:.3f}x plain, {per_task - plain:+,.0f})"
         )
 
 

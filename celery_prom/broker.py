@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from kombu import Connection
@@ -53,7 +53,9 @@ def close_connection(connection: Connection) -> None:
         poller.close()
 
 
-def transport_kind(url: str, transport_options: Any = None) -> tuple[str, type]:
+def transport_kind(
+    url: str, transport_options: Mapping[str, Any] | None = None
+) -> tuple[str, type]:
     """The driver type (``redis``, ``amqp``...) and transport class kombu uses for ``url``."""
     connection = Connection(url, transport_options=dict(transport_options or {}))
     try:
