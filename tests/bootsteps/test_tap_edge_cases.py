@@ -134,9 +134,14 @@ def test_with_task_events_on_they_are_still_published_and_marked(
         app = client_app_for(redis_broker, worker.queue)
         with EventCapture(app).running() as capture:
             scrape = run_mix(worker, app)
+            # Every event of the mix, not just the successes: a failure's received event
+            # can still be on its way when the last success arrives.
             wait_for(
-                lambda: len(capture.of_type("task-succeeded")) >= 22,
-                what="the task-succeeded events",
+                lambda: (
+                    len(capture.of_type("task-succeeded")) >= 22
+                    and len(capture.of_type("task-received")) >= 31
+                ),
+                what="the task-succeeded and task-received events",
             )
 
     assert_counts(scrape, worker, MIX_EXPECTED)
