@@ -84,6 +84,22 @@ class EventCapture:
     def of_type(self, prefix: str) -> list[dict[str, Any]]:
         return [event for event in list(self.events) if event["type"].startswith(prefix)]
 
+    def wait_until_hearing(self, worker: WorkerProcess) -> None:
+        """Block until a heartbeat of ``worker`` arrives.
+
+        Kombu's Redis transport subscribes to the event channel only once the consumer
+        first polls, after it reports itself ready; events published in between are lost
+        to this capture. A heartbeat heard proves the subscription is live.
+        """
+        wait_for(
+            lambda: [
+                event
+                for event in self.of_type("worker-heartbeat")
+                if event["hostname"] == worker.hostname
+            ],
+            what="a heartbeat from the worker",
+        )
+
     @contextmanager
     def running(self) -> Iterator[EventCapture]:
         self._thread.start()
@@ -102,16 +118,8 @@ def test_no_task_events_reach_the_broker(
     with running_worker(redis_broker, tmp_path, pool="prefork") as worker:
         app = client_app_for(redis_broker, worker.queue)
         with EventCapture(app).running() as capture:
+            capture.wait_until_hearing(worker)
             scrape = run_mix(worker, app)
-            # Heartbeats prove the capture hears this worker's events.
-            wait_for(
-                lambda: [
-                    e
-                    for e in capture.of_type("worker-heartbeat")
-                    if e["hostname"] == worker.hostname
-                ],
-                what="a heartbeat from the worker",
-            )
 
     assert_counts(scrape, worker, MIX_EXPECTED)
     assert capture.of_type("task-") == []
@@ -133,6 +141,7 @@ def test_with_task_events_on_they_are_still_published_and_marked(
     with running_worker(redis_broker, tmp_path, pool="prefork", extra_args=("-E",)) as worker:
         app = client_app_for(redis_broker, worker.queue)
         with EventCapture(app).running() as capture:
+            capture.wait_until_hearing(worker)
             scrape = run_mix(worker, app)
             # Every event of the mix, not just the successes: a failure's received event
             # can still be on its way when the last success arrives.
