@@ -16,7 +16,7 @@ class MetricType(str, Enum):
     HISTOGRAM = "histogram"
 
 
-class Source(str, Enum):
+class ServedBy(str, Enum):
     """Which endpoint serves a family."""
 
     WORKER = "worker"
@@ -31,7 +31,7 @@ class Family:
     type: MetricType
     help: str
     labels: tuple[str, ...]
-    source: Source
+    served_by: ServedBy
     unit: str = ""
 
     @property
@@ -71,56 +71,56 @@ TASK_RECEIVED = Family(
     MetricType.COUNTER,
     "Task messages a worker received (one per delivery, retries included).",
     TASK_LABELS,
-    Source.BOTH,
+    ServedBy.BOTH,
 )
 TASK_STARTED = Family(
     "celery_task_started_total",
     MetricType.COUNTER,
     "Task executions a worker started.",
     TASK_LABELS,
-    Source.BOTH,
+    ServedBy.BOTH,
 )
 TASK_SUCCEEDED = Family(
     "celery_task_succeeded_total",
     MetricType.COUNTER,
     "Task executions that returned successfully.",
     TASK_LABELS,
-    Source.BOTH,
+    ServedBy.BOTH,
 )
 TASK_FAILED = Family(
     "celery_task_failed_total",
     MetricType.COUNTER,
     "Task executions that failed, by exception class name.",
     (*TASK_LABELS, "exception"),
-    Source.BOTH,
+    ServedBy.BOTH,
 )
 TASK_RETRIED = Family(
     "celery_task_retried_total",
     MetricType.COUNTER,
     "Task executions that ended by scheduling a retry.",
     TASK_LABELS,
-    Source.BOTH,
+    ServedBy.BOTH,
 )
 TASK_REVOKED = Family(
     "celery_task_revoked_total",
     MetricType.COUNTER,
     "Tasks revoked, terminated or expired before they could finish.",
     TASK_LABELS,
-    Source.BOTH,
+    ServedBy.BOTH,
 )
 TASK_REJECTED = Family(
     "celery_task_rejected_total",
     MetricType.COUNTER,
     "Task messages rejected by a worker (requeued or dead-lettered).",
     TASK_LABELS,
-    Source.BOTH,
+    ServedBy.BOTH,
 )
 TASK_RUNTIME = Family(
     "celery_task_runtime_seconds",
     MetricType.HISTOGRAM,
     "Run time of successful task executions.",
     TASK_LABELS,
-    Source.BOTH,
+    ServedBy.BOTH,
     unit="seconds",
 )
 TASK_QUEUE_WAIT = Family(
@@ -128,7 +128,7 @@ TASK_QUEUE_WAIT = Family(
     MetricType.HISTOGRAM,
     "Time from publish (or from the ETA, if later) until a worker started the task.",
     TASK_LABELS,
-    Source.BOTH,
+    ServedBy.BOTH,
     unit="seconds",
 )
 
@@ -148,35 +148,35 @@ WORKER_TASKS_ACTIVE = Family(
     MetricType.GAUGE,
     "Tasks the worker is executing right now.",
     ("hostname",),
-    Source.BOTH,
+    ServedBy.BOTH,
 )
 WORKER_TASKS_RESERVED = Family(
     "celery_worker_tasks_reserved",
     MetricType.GAUGE,
     "Tasks the worker holds but has not started (prefetched, waiting for a pool slot or an ETA).",
     ("hostname",),
-    Source.WORKER,
+    ServedBy.WORKER,
 )
 WORKER_POOL_PROCESSES = Family(
     "celery_worker_pool_processes",
     MetricType.GAUGE,
     "Pool processes (or threads) alive and able to run tasks.",
     ("hostname",),
-    Source.WORKER,
+    ServedBy.WORKER,
 )
 WORKER_INFO = Family(
     "celery_worker_info",
     MetricType.GAUGE,
     "Always 1; labels describe the worker.",
     ("hostname", "celery_version", "pool", "celery_prom_version"),
-    Source.WORKER,
+    ServedBy.WORKER,
 )
 WORKER_INVALID_MESSAGES = Family(
     "celery_worker_invalid_messages_total",
     MetricType.COUNTER,
     "Messages a worker discarded because they were not valid task messages.",
     ("hostname", "reason"),
-    Source.WORKER,
+    ServedBy.WORKER,
 )
 
 QUEUE_LENGTH = Family(
@@ -184,35 +184,35 @@ QUEUE_LENGTH = Family(
     MetricType.GAUGE,
     "Messages ready in the broker queue (all priorities), read at scrape time.",
     ("queue_name",),
-    Source.EXPORTER,
+    ServedBy.EXPORTER,
 )
 ACTIVE_CONSUMERS = Family(
     "celery_active_consumer_count",
     MetricType.GAUGE,
     "Consumers the broker reports on the queue (RabbitMQ), read at scrape time.",
     ("queue_name",),
-    Source.EXPORTER,
+    ServedBy.EXPORTER,
 )
 WORKER_UP = Family(
     "celery_worker_up",
     MetricType.GAUGE,
     "1 while the worker's heartbeats arrive within the worker timeout, else 0.",
     ("hostname",),
-    Source.EXPORTER,
+    ServedBy.EXPORTER,
 )
 WORKER_PROCESSED = Family(
     "celery_worker_tasks_processed_total",
     MetricType.COUNTER,
     "Tasks the worker reports having processed since it started (from its heartbeats).",
     ("hostname",),
-    Source.EXPORTER,
+    ServedBy.EXPORTER,
 )
 WORKER_LAST_HEARTBEAT = Family(
     "celery_worker_last_heartbeat_timestamp_seconds",
     MetricType.GAUGE,
     "When the exporter last received a heartbeat from the worker (Unix time).",
     ("hostname",),
-    Source.EXPORTER,
+    ServedBy.EXPORTER,
     unit="seconds",
 )
 
@@ -222,7 +222,7 @@ TASK_SENT = Family(
     "Task messages this process published (recorded in prometheus_client's default "
     "registry of any process that called install(app)).",
     ("name", "queue_name"),
-    Source.PRODUCER,
+    ServedBy.PRODUCER,
 )
 
 EVENTS_RECEIVED = Family(
@@ -230,42 +230,42 @@ EVENTS_RECEIVED = Family(
     MetricType.COUNTER,
     "Celery events handed to the recorder.",
     (),
-    Source.BOTH,
+    ServedBy.BOTH,
 )
 EVENTS_DROPPED = Family(
     "celery_prom_events_dropped_total",
     MetricType.COUNTER,
     "Celery events the recorder could not use, by reason.",
     ("reason",),
-    Source.BOTH,
+    ServedBy.BOTH,
 )
 BROKER_UP = Family(
     "celery_prom_broker_up",
     MetricType.GAUGE,
     "1 if the exporter's last attempt to reach the broker succeeded, else 0.",
     (),
-    Source.EXPORTER,
+    ServedBy.EXPORTER,
 )
 BROKER_RECONNECTS = Family(
     "celery_prom_broker_reconnects_total",
     MetricType.COUNTER,
     "Times the exporter lost its broker connection and connected again.",
     (),
-    Source.EXPORTER,
+    ServedBy.EXPORTER,
 )
 COLLECTOR_SUCCESS = Family(
     "celery_prom_collector_success",
     MetricType.GAUGE,
     "1 if the collector succeeded during this scrape, else 0.",
     ("collector",),
-    Source.EXPORTER,
+    ServedBy.EXPORTER,
 )
 COLLECTOR_DURATION = Family(
     "celery_prom_collector_duration_seconds",
     MetricType.GAUGE,
     "How long the collector took during this scrape.",
     ("collector",),
-    Source.EXPORTER,
+    ServedBy.EXPORTER,
     unit="seconds",
 )
 LABEL_OVERFLOW = Family(
@@ -273,7 +273,7 @@ LABEL_OVERFLOW = Family(
     MetricType.COUNTER,
     "Label values replaced by the overflow value because a cardinality cap was reached.",
     ("label",),
-    Source.BOTH,
+    ServedBy.BOTH,
 )
 
 #: Value that replaces a label value once its cardinality cap is reached.

@@ -39,7 +39,7 @@ def current_block(text: str) -> str:
 def _row(family: Family) -> str:
     labels = ", ".join(f"`{label}`" for label in family.labels) or "—"
     return (
-        f"| `{family.name}` | {family.type.value} | {labels} | {family.source.value} "
+        f"| `{family.name}` | {family.type.value} | {labels} | {family.served_by.value} "
         f"| {family.help} |"
     )
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from celery_prom.metrics import CATALOGUE, MetricType, Source
+from celery_prom.metrics import CATALOGUE, MetricType, ServedBy
 from tests.support import REPO
 
 MONITORING = REPO / "monitoring"
@@ -84,11 +84,11 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-def exposed_names(sources: frozenset[Source] = frozenset(Source)) -> set[str]:
+def exposed_names(served_by: frozenset[ServedBy] = frozenset(ServedBy)) -> set[str]:
     """Series names celery-prom exposes (histograms as their _bucket/_sum/_count)."""
     names: set[str] = set()
     for family in CATALOGUE:
-        if family.source not in sources:
+        if family.served_by not in served_by:
             continue
         if family.type is MetricType.HISTOGRAM:
             names.update(family.name + suffix for suffix in HISTOGRAM_SUFFIXES)
@@ -118,7 +118,7 @@ def alerts(*paths: Path) -> list[dict[str, Any]]:
 
 def exporter_names() -> set[str]:
     """Series only the exporter provides, and the records computed from them."""
-    names = exposed_names(frozenset({Source.EXPORTER}))
+    names = exposed_names(frozenset({ServedBy.EXPORTER}))
     records = [rule for rule in rules(*RULE_FILES) if "record" in rule]
     while derived := {
         rule["record"]
