@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -177,22 +178,14 @@ class QueueProbe(Protocol):
     def sizes(self, names: Sequence[str]) -> list[QueueSize]: ...
 
 
-class RedisQueueProbe:
-    """``LLEN`` of every priority sub-queue of every queue, in one pipelined round trip.
+class ConnectedQueueProbe(ABC):
+    """A probe that keeps one broker connection between scrapes.
 
-    kombu stores a queue with priorities as one list per priority step (``name``,
-    ``name\\x06\\x163``, ...), all under the ``global_keyprefix``; the key names come from
-    the kombu channel itself so they always match what kombu writes.
+    Any failure drops the connection, so the next scrape starts from a fresh one rather
+    than from a channel left in an unknown state.
     """
 
-    def __init__(self, url: str, transport_options: Mapping[str, Any], timeout: float) -> None:
-        self._url = url
-        self._options = {
-            **transport_options,
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry_on_timeout": False,
-        }
+    def __init__(self) -> None:
         self._connection: Connection | None = None
         self._channel: Any = None
 
@@ -202,6 +195,33 @@ class RedisQueueProbe:
         except BaseException:
             self._reset()
             raise
+
+    @abstractmethod
+    def _sizes(self, names: Sequence[str]) -> list[QueueSize]: ...
+
+    def _reset(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            close_connection(connection)
+
+
+class RedisQueueProbe(ConnectedQueueProbe):
+    """``LLEN`` of every priority sub-queue of every queue, in one pipelined round trip.
+
+    kombu stores a queue with priorities as one list per priority step (``name``,
+    ``name\\x06\\x163``, ...), all under the ``global_keyprefix``; the key names come from
+    the kombu channel itself so they always match what kombu writes.
+    """
+
+    def __init__(self, url: str, transport_options: Mapping[str, Any], timeout: float) -> None:
+        super().__init__()
+        self._url = url
+        self._options = {
+            **transport_options,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry_on_timeout": False,
+        }
 
     def _sizes(self, names: Sequence[str]) -> list[QueueSize]:
         channel = self._open_channel()
@@ -225,13 +245,8 @@ class RedisQueueProbe:
             self._channel = self._connection.channel()
         return self._channel
 
-    def _reset(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None:
-            close_connection(connection)
 
-
-class AmqpQueueProbe:
+class AmqpQueueProbe(ConnectedQueueProbe):
     """Ready messages and consumers per queue from passive ``queue.declare``.
 
     Declaring a missing queue passively makes RabbitMQ close the channel (404), so a
@@ -241,19 +256,11 @@ class AmqpQueueProbe:
     def __init__(
         self, url: str, transport_options: Mapping[str, Any], timeout: float, exchange: str
     ) -> None:
+        super().__init__()
         self._url = url
         self._options = {**transport_options, "read_timeout": timeout, "write_timeout": timeout}
         self._timeout = timeout
         self._exchange = exchange
-        self._connection: Connection | None = None
-        self._channel: Any = None
-
-    def sizes(self, names: Sequence[str]) -> list[QueueSize]:
-        try:
-            return self._sizes(names)
-        except BaseException:
-            self._reset()
-            raise
 
     def _sizes(self, names: Sequence[str]) -> list[QueueSize]:
         connection = self._connect()
@@ -295,11 +302,6 @@ class AmqpQueueProbe:
             connection.connect()
             self._connection = connection
         return self._connection
-
-    def _reset(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None:
-            close_connection(connection)
 
 
 class KombuQueueProbe:

@@ -62,6 +62,21 @@ def test_redis_counts_every_priority_sub_queue_under_the_key_prefix(
     assert probe.sizes([]) == []
 
 
+def test_a_probe_answers_again_once_a_restarted_broker_is_back(tmp_path: Path) -> None:
+    with private_redis(tmp_path) as server:
+        probe = RedisQueueProbe(server.url, {}, timeout=2)
+        server.client().rpush("work", b"a", b"b")
+        assert probe.sizes(["work"]) == [QueueSize("work", 2, None)]
+
+        server.stop()
+        with pytest.raises(redis.ConnectionError):
+            probe.sizes(["work"])
+
+        server.start()
+        server.client().rpush("work", b"c")
+        assert probe.sizes(["work"]) == [QueueSize("work", 1, None)]
+
+
 def test_rabbitmq_reports_ready_messages_and_consumers_past_a_missing_queue(
     amqp_broker: Broker,
 ) -> None:
