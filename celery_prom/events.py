@@ -32,7 +32,7 @@ from kombu import Connection, Consumer, Queue
 from kombu.transport.redis import SentinelTransport
 
 from celery_prom.bootsteps.tap import RECORDED_MARK
-from celery_prom.broker import close_connection, transport_kind
+from celery_prom.broker import close_connection
 from celery_prom.recorder import (
     DROP_MALFORMED,
     DROP_OFFLINE_WORKER,
@@ -301,9 +301,9 @@ class RedisEventStream:
         )
 
     @staticmethod
-    def reads(url: str) -> bool:
-        """Plain Redis; Sentinel setups go through kombu, which follows the master."""
-        driver, transport = transport_kind(url)
+    def reads(driver: str, transport: type) -> bool:
+        """Plain Redis (``broker.transport_kind``); Sentinel setups go through kombu, which
+        follows the master."""
         return driver == "redis" and not issubclass(transport, SentinelTransport)
 
     def connect(self) -> None:

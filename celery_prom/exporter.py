@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from celery_prom import metrics
-from celery_prom.broker import BoundedCall, BrokerStatus, describe_error
+from celery_prom.broker import BoundedCall, BrokerStatus, describe_error, transport_kind
 from celery_prom.config import ExporterSettings
 from celery_prom.events import (
     EventRouter,
@@ -206,7 +206,9 @@ class Exporter:
             max_workers=settings.limits.hostnames,
         )
         self.status = BrokerStatus()
-        self._events_from_redis = RedisEventStream.reads(settings.broker_url)
+        # Raises ImportError when kombu knows the transport but its client library is missing.
+        driver, transport = transport_kind(settings.broker_url, settings.transport_options)
+        self._events_from_redis = RedisEventStream.reads(driver, transport)
         self.queue_names = QueueNames(settings.queues, settings.limits.queues)
         self.discovery = QueueDiscovery(self.app, self.queue_names)
         self.router = EventRouter(self.recorder, self.liveness, self.losses, self.discovery)
@@ -218,7 +220,7 @@ class Exporter:
             safe_url=settings.safe_broker_url,
         )
         self.exposition = TaskExposition(self.store)
-        self.registry = self._registry()
+        self.registry = self._registry(driver)
         self.server: MetricsServer | None = None
 
     def bind(self) -> None:
@@ -275,9 +277,10 @@ class Exporter:
             checks["broker_error"] = self.status.error
         return HealthReport(up, checks)
 
-    def _registry(self) -> CollectorRegistry:
+    def _registry(self, driver: str) -> CollectorRegistry:
         settings = self.settings
         probe = probe_for(
+            driver,
             settings.broker_url,
             settings.transport_options,
             settings.broker_timeout,

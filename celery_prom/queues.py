@@ -29,7 +29,6 @@ from celery_prom.broker import (
     BrokerStatus,
     close_connection,
     describe_error,
-    transport_kind,
 )
 
 logger = logging.getLogger(__name__)
@@ -327,9 +326,13 @@ class KombuQueueProbe:
 
 
 def probe_for(
-    url: str, transport_options: Mapping[str, Any], timeout: float, event_exchange: str
+    driver: str,
+    url: str,
+    transport_options: Mapping[str, Any],
+    timeout: float,
+    event_exchange: str,
 ) -> QueueProbe:
-    driver, _ = transport_kind(url, transport_options)
+    """The probe for a broker whose driver type (``broker.transport_kind``) is ``driver``."""
     if driver == "redis":
         return RedisQueueProbe(url, transport_options, timeout)
     if driver == "amqp":
