@@ -32,6 +32,7 @@ from celery_prom.bootsteps.worker_state import (
     INVALID_UNDECODABLE,
     INVALID_UNRECOGNIZED,
     MessageTally,
+    scheduled_requests,
 )
 from celery_prom.producer import SENT_AT_HEADER
 from celery_prom.recorder import DEFAULT_QUEUE, Recorder
@@ -227,8 +228,9 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
         )
         c.event_dispatcher = tap
         c.update_strategies()
-        # Requests that outlived a reconnect still point at the dispatcher they had.
-        for request in (*worker_state.reserved_requests, *worker_state.scheduled_requests):
+        # Requests that outlived a reconnect still point at the dispatcher they had (on
+        # Celery < 5.7, ETA requests not yet due keep the previous tap, which records too).
+        for request in (*worker_state.reserved_requests, *scheduled_requests()):
             request.eventer = tap
         # The consumer loop asks for its message handler when it starts, after this step,
         # and the handler looks up on_decode_error on the consumer each time it needs it.

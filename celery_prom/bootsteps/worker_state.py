@@ -21,6 +21,15 @@ INVALID_TASK = "invalid"  # a task message with invalid fields (e.g. an unparsab
 INVALID_UNDECODABLE = "undecodable"  # a body its content type cannot decode
 
 
+def scheduled_requests() -> Any:
+    """Requests waiting for their ETA/countdown, where Celery keeps a set of them.
+
+    ``celery.worker.state.scheduled_requests`` exists from Celery 5.7; 5.3 to 5.6 keep such
+    requests only in the timer, and count them as reserved once they are due.
+    """
+    return getattr(worker_state, "scheduled_requests", ())
+
+
 class MessageTally:
     """Thread-safe counts by reason."""
 
@@ -50,7 +59,7 @@ class WorkerStateCollector:
         active = len(worker_state.active_requests)
         # Every active request is also reserved until it is ready; ETA tasks are scheduled.
         waiting = max(0, len(worker_state.reserved_requests) - active)
-        waiting += len(worker_state.scheduled_requests)
+        waiting += len(scheduled_requests())
         yield _gauge(metrics.WORKER_TASKS_ACTIVE, host, active)
         yield _gauge(metrics.WORKER_TASKS_RESERVED, host, waiting)
         yield _gauge(metrics.WORKER_POOL_PROCESSES, host, pool_processes(self._worker.pool))
