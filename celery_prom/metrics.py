@@ -275,6 +275,14 @@ LABEL_OVERFLOW = Family(
     ("label",),
     ServedBy.BOTH,
 )
+PROM_ERRORS = Family(
+    "celery_prom_errors_total",
+    MetricType.COUNTER,
+    "Errors in celery-prom's own parts inside the worker, contained so the worker goes on "
+    "(component: startup, tap_install, tap, signal, scrape, multiprocess).",
+    ("component",),
+    ServedBy.WORKER,
+)
 
 #: Value that replaces a label value once its cardinality cap is reached.
 OVERFLOW_LABEL_VALUE = "_other"
@@ -305,4 +313,5 @@ CATALOGUE: tuple[Family, ...] = (
     COLLECTOR_SUCCESS,
     COLLECTOR_DURATION,
     LABEL_OVERFLOW,
+    PROM_ERRORS,
 )

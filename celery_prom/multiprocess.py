@@ -39,6 +39,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from celery_prom.faults import MULTIPROCESS, Faults
+
 logger = logging.getLogger(__name__)
 
 #: The variable prometheus_client reads when it is first imported (the lower-case name is
@@ -258,11 +260,13 @@ class MultiprocessMetrics:
         directory: MultiprocessDirectory,
         lock: DirectoryLock,
         process_collectors: Iterable[Collector],
+        faults: Faults,
         compact_interval: float = DEFAULT_COMPACT_INTERVAL,
     ) -> None:
         self.directory = directory
         self._lock = lock
         self._process_collectors = tuple(process_collectors)
+        self._faults = faults
         self._interval = compact_interval
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -272,6 +276,7 @@ class MultiprocessMetrics:
         cls,
         directory: str,
         process_collectors: Iterable[Collector],
+        faults: Faults,
         compact_interval: float = DEFAULT_COMPACT_INTERVAL,
     ) -> MultiprocessMetrics:
         """Lock and wipe ``directory`` for this process, or raise ``SetupError``."""
@@ -282,7 +287,7 @@ class MultiprocessMetrics:
         lock = DirectoryLock(path / LOCK_FILE, describe)
         owned = MultiprocessDirectory(path, os.getpid())
         owned.wipe()
-        return cls(owned, lock, process_collectors, compact_interval)
+        return cls(owned, lock, process_collectors, faults, compact_interval)
 
     def collect(self) -> Iterator[Metric]:
         yield from self.directory.collect()
@@ -307,11 +312,10 @@ class MultiprocessMetrics:
 
     def _compact_until_stopped(self) -> None:
         while not self._stopping.wait(self._interval):
-            try:
+            # A dead thread would stop compaction for good. Nothing is lost by a failure:
+            # files stay until they are in an archive, and the next round retries.
+            with self._faults.contained(MULTIPROCESS):
                 self.directory.compact()
-            except Exception as exc:  # noqa: BLE001 - a dead thread would stop compaction for good
-                # Nothing is lost: files stay until they are in an archive. Retried.
-                logger.warning("celery-prom: compacting %s failed: %s", self.directory.path, exc)
 
 
 def _owner(name: str) -> str:

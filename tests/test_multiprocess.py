@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from celery_prom.faults import Faults
 from celery_prom.multiprocess import (
     MultiprocessDirectory,
     MultiprocessMetrics,
@@ -176,7 +177,7 @@ def test_a_half_set_up_mode_is_a_one_line_error(
 
 def test_a_missing_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SetupError) as raised:
-        MultiprocessMetrics.claim(str(tmp_path / "missing"), ())
+        MultiprocessMetrics.claim(str(tmp_path / "missing"), (), Faults())
     missing = tmp_path / "missing"
     assert str(raised.value) == f"PROMETHEUS_MULTIPROC_DIR={missing} is not a directory"
 
@@ -184,14 +185,15 @@ def test_a_missing_directory_is_refused(tmp_path: Path) -> None:
 def test_a_directory_that_cannot_be_written_is_refused() -> None:
     # sysfs refuses new files even to root, where permission bits would not.
     with pytest.raises(SetupError) as raised:
-        MultiprocessMetrics.claim("/sys", ())
+        MultiprocessMetrics.claim("/sys", (), Faults())
     assert str(raised.value) == "PROMETHEUS_MULTIPROC_DIR=/sys is not writable (Permission denied)"
 
 
 HOLDER = """
 import sys
+from celery_prom.faults import Faults
 from celery_prom.multiprocess import MultiprocessMetrics
-held = MultiprocessMetrics.claim(sys.argv[1], ())
+held = MultiprocessMetrics.claim(sys.argv[1], (), Faults())
 print("claimed", flush=True)
 sys.stdin.read()
 """
@@ -218,7 +220,7 @@ def test_a_directory_another_worker_owns_is_refused_until_that_worker_is_gone(
     (tmp_path / "counter_123.db").write_bytes(b"")
 
     with pytest.raises(SetupError) as raised:
-        MultiprocessMetrics.claim(str(tmp_path), ())
+        MultiprocessMetrics.claim(str(tmp_path), (), Faults())
 
     assert str(raised.value) == (
         f"PROMETHEUS_MULTIPROC_DIR={tmp_path} is in use by another worker "
@@ -227,11 +229,11 @@ def test_a_directory_another_worker_owns_is_refused_until_that_worker_is_gone(
     assert (tmp_path / "counter_123.db").exists()  # not wiped under the other worker
     claimed_elsewhere.kill()  # the kernel drops the lock of a killed process
     claimed_elsewhere.wait(30)
-    MultiprocessMetrics.claim(str(tmp_path), ()).stop()
+    MultiprocessMetrics.claim(str(tmp_path), (), Faults()).stop()
 
 
 def test_the_lock_is_released_on_stop(tmp_path: Path) -> None:
-    MultiprocessMetrics.claim(str(tmp_path), ()).stop()
+    MultiprocessMetrics.claim(str(tmp_path), (), Faults()).stop()
 
     holder = subprocess.run(
         [sys.executable, "-c", HOLDER, str(tmp_path)],
@@ -432,7 +434,7 @@ def test_scrapes_during_compaction_never_count_a_value_twice_or_miss_one(
 
 
 def test_the_background_compaction_folds_dead_files_without_a_scrape(tmp_path: Path) -> None:
-    metrics = MultiprocessMetrics.claim(str(tmp_path), (), compact_interval=0.01)
+    metrics = MultiprocessMetrics.claim(str(tmp_path), (), Faults(), compact_interval=0.01)
     metrics.start()
     try:
         write_order(tmp_path, IMPOSSIBLE_PID)
@@ -455,7 +457,7 @@ def test_the_main_process_metrics_are_served_beside_the_directory(tmp_path: Path
             yield own_counter
 
     write_order(tmp_path, IMPOSSIBLE_PID)  # before the worker starts: wiped
-    metrics = MultiprocessMetrics.claim(str(tmp_path), (Own(),))
+    metrics = MultiprocessMetrics.claim(str(tmp_path), (Own(),), Faults())
     registry.register(metrics)
     write_order(tmp_path, IMPOSSIBLE_PID + 1)
     try:

@@ -18,11 +18,13 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
+from celery_prom import faults
 from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
 from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
 from celery_prom.cli.errors import OptionError
 from celery_prom.config import ConfigError, Source, WorkerSettings
 from celery_prom.exposition import TaskExposition, render_registry
+from celery_prom.faults import ContainedCollector, Faults
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
 from celery_prom.multiprocess import (
     MultiprocessMetrics,
@@ -67,7 +69,7 @@ class RegistryBridge:
         """Nothing to release."""
 
 
-def user_metrics_for(env: Mapping[str, str]) -> UserMetrics:
+def user_metrics_for(env: Mapping[str, str], faults: Faults) -> UserMetrics:
     """The default registry; in multiprocess mode, the aggregated multiprocess directory.
 
     In multiprocess mode the default registry's metrics are only the main process's share
@@ -78,7 +80,7 @@ def user_metrics_for(env: Mapping[str, str]) -> UserMetrics:
         if directory is None:
             return RegistryBridge(REGISTRY)
         return MultiprocessMetrics.claim(
-            directory, (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
+            directory, (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR), faults
         )
     except SetupError as exc:
         raise OptionError(f"celery-prom: {exc}") from None
@@ -88,8 +90,14 @@ class WorkerMetrics:
     """Everything one worker's endpoint serves; the tap step records into it."""
 
     def __init__(
-        self, worker: Any, hostname: str, settings: WorkerSettings, user_metrics: UserMetrics
+        self,
+        worker: Any,
+        hostname: str,
+        settings: WorkerSettings,
+        user_metrics: UserMetrics,
+        faults: Faults,
     ) -> None:
+        self.faults = faults
         self.store = TaskStore(
             settings.runtime_buckets, settings.queue_wait_buckets, settings.limits
         )
@@ -97,17 +105,35 @@ class WorkerMetrics:
         self.invalid_messages = MessageTally()
         self.exposition = TaskExposition(self.store)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(WorkerStateCollector(worker, hostname, self.invalid_messages))
-        self.registry.register(self.recorder)
-        self.registry.register(LabelOverflowCollector(self.store))
-        self.registry.register(user_metrics)
+        for collector in (
+            WorkerStateCollector(worker, hostname, self.invalid_messages),
+            self.recorder,
+            LabelOverflowCollector(self.store),
+            user_metrics,
+        ):
+            self.registry.register(ContainedCollector(collector, faults))
+        self.registry.register(faults)
 
     def render(self, openmetrics: bool) -> str:
-        return self.exposition.render(openmetrics) + render_registry(self.registry, openmetrics)
+        try:
+            tasks = self.exposition.render(openmetrics)
+        except Exception as error:
+            self.faults.record(faults.SCRAPE, error)
+            raise
+        return tasks + render_registry(self.registry, openmetrics)
 
     def health(self) -> HealthReport:
         self.render(openmetrics=False)
-        return HealthReport(True, {"metrics": "ok"})
+        errors = self.faults.reasons()
+        tap_error = errors.get(faults.TAP_INSTALL)
+        checks: dict[str, Any] = {
+            "metrics": "ok",
+            "tap": "installed" if tap_error is None else f"not installed: {tap_error}",
+        }
+        if errors:
+            checks["errors"] = errors
+        # Without the tap the worker runs unmonitored: its task counts would be false zeros.
+        return HealthReport(tap_error is None, checks)
 
 
 def worker_settings(app: Any, cli: Mapping[str, Any], env: Mapping[str, str]) -> WorkerSettings:
@@ -132,44 +158,64 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         cli = {name: kwargs.get(name) for name in CLI_OPTIONS}
         settings = worker_settings(w.app, cli, os.environ)
         self.enabled = settings.enabled
+        self.faults = Faults()
         self.server: MetricsServer | None = None
         self.user_metrics: UserMetrics | None = None
         self._main_pid = os.getpid()
         if self.enabled:
-            # Before the pool forks: in multiprocess mode this wipes the directory.
-            self.user_metrics = user_metrics_for(os.environ)
-            worker_metrics = WorkerMetrics(w, w.hostname, settings, self.user_metrics)
-            setattr(w, METRICS_ATTRIBUTE, worker_metrics)
-            w.app.steps["consumer"].add(TaskEventTap)
-            self.server = _bind(
-                settings,
-                _web_config(settings),
-                Endpoint(
-                    title=f"celery-prom: {w.hostname}",
-                    render_metrics=worker_metrics.render,
-                    check_health=worker_metrics.health,
-                ),
-            )
-            signals.worker_process_init.connect(self._close_inherited_socket, weak=False)
+            try:
+                self._set_up(w, settings)
+            except click.ClickException:
+                raise  # the user's configuration, refused before the worker runs
+            except Exception as error:  # noqa: BLE001 - never the reason a worker stops
+                self.faults.record(faults.STARTUP, error)
+                logger.error("celery-prom: this worker runs without metrics")
+                self._release()
+                self.enabled = False
         super().__init__(w, **kwargs)
 
+    def _set_up(self, w: Any, settings: WorkerSettings) -> None:
+        web_config = _web_config(settings)
+        # Before the pool forks: in multiprocess mode this wipes the directory.
+        self.user_metrics = user_metrics_for(os.environ, self.faults)
+        worker_metrics = WorkerMetrics(w, w.hostname, settings, self.user_metrics, self.faults)
+        setattr(w, METRICS_ATTRIBUTE, worker_metrics)
+        w.app.steps["consumer"].add(TaskEventTap)
+        self.server = _bind(
+            settings,
+            web_config,
+            Endpoint(
+                title=f"celery-prom: {w.hostname}",
+                render_metrics=worker_metrics.render,
+                check_health=worker_metrics.health,
+            ),
+        )
+        signals.worker_process_init.connect(self._close_inherited_socket, weak=False)
+
     def start(self, w: Any) -> None:
-        if self.user_metrics is not None:
-            self.user_metrics.start()
-        if self.server is not None:
-            self.server.start()
-            logger.info(
-                "celery-prom: serving http://%s:%s/metrics", self.server.host, self.server.port
-            )
+        with self.faults.contained(faults.STARTUP):
+            if self.user_metrics is not None:
+                self.user_metrics.start()
+            if self.server is not None:
+                self.server.start()
+                logger.info(
+                    "celery-prom: serving http://%s:%s/metrics",
+                    self.server.host,
+                    self.server.port,
+                )
 
     def stop(self, w: Any) -> None:
+        with self.faults.contained(faults.STARTUP):
+            self._release()
+
+    def _release(self) -> None:
         signals.worker_process_init.disconnect(self._close_inherited_socket)
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-        if self.user_metrics is not None:
-            self.user_metrics.stop()
-            self.user_metrics = None
+        server, self.server = self.server, None
+        user_metrics, self.user_metrics = self.user_metrics, None
+        if server is not None:
+            server.stop()
+        if user_metrics is not None:
+            user_metrics.stop()
 
     def terminate(self, w: Any) -> None:
         self.stop(w)

@@ -17,6 +17,7 @@ Three things the events themselves do not say are filled in here:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -24,9 +25,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import celery
 from celery import bootsteps, signals
 from celery.worker import state as worker_state
 
+from celery_prom import faults
 from celery_prom.bootsteps.worker_state import (
     INVALID_TASK,
     INVALID_UNDECODABLE,
@@ -34,8 +37,11 @@ from celery_prom.bootsteps.worker_state import (
     MessageTally,
     scheduled_requests,
 )
+from celery_prom.faults import Faults
 from celery_prom.producer import SENT_AT_HEADER
 from celery_prom.recorder import DEFAULT_QUEUE, Recorder
+
+logger = logging.getLogger(__name__)
 
 #: Attribute of the worker (``WorkController``) holding its ``WorkerMetrics``.
 METRICS_ATTRIBUTE = "celery_prom"
@@ -59,7 +65,8 @@ class Arrival(NamedTuple):
 class ArrivalLog:
     """What the message being handled says about its task, keyed by task id."""
 
-    def __init__(self) -> None:
+    def __init__(self, faults: Faults) -> None:
+        self._faults = faults
         self._arrivals: dict[object, Arrival] = {}
         #: The arrival of a task id, if its message is being handled (the dict's own get,
         #: called for most task events).
@@ -69,22 +76,34 @@ class ArrivalLog:
         arrivals = self._arrivals
 
         def on_task_message(message: Any) -> Any:
-            headers = message.headers
-            task_id = headers.get("id") if isinstance(headers, dict) else None
-            if not isinstance(task_id, str):
+            try:
+                task_id, arrival = _arrival_of(message)
+            except Exception as error:  # noqa: BLE001 - the message is handled all the same
+                self._faults.record(faults.TAP, error)
+                return handler(message)
+            if task_id is None:
                 return handler(message)  # not a task message we can attribute
-            delivery = message.delivery_info or {}
-            arrivals[task_id] = Arrival(
-                headers.get("task"),
-                delivery.get("routing_key") or DEFAULT_QUEUE,
-                headers.get(SENT_AT_HEADER),
-            )
+            arrivals[task_id] = arrival
             try:
                 return handler(message)
             finally:
                 arrivals.pop(task_id, None)
 
         return on_task_message
+
+
+def _arrival_of(message: Any) -> tuple[str | None, Arrival]:
+    headers = message.headers
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    if not isinstance(task_id, str):
+        return None, Arrival(None, DEFAULT_QUEUE, None)
+    delivery = message.delivery_info or {}
+    arrival = Arrival(
+        headers.get("task"),
+        delivery.get("routing_key") or DEFAULT_QUEUE,
+        headers.get(SENT_AT_HEADER),
+    )
+    return task_id, arrival
 
 
 class FailureLog:
@@ -138,9 +157,11 @@ class EventTap:
         self,
         dispatcher: Any,
         recorder: Recorder,
+        *,
         hostname: str,
         arrivals: ArrivalLog,
         failures: FailureLog,
+        faults: Faults,
     ) -> None:
         self.dispatcher = dispatcher
         self._forward_to = NoDispatcher() if dispatcher is None else dispatcher
@@ -148,11 +169,15 @@ class EventTap:
         self._hostname = hostname
         self._arrivals = arrivals
         self._failures = failures
+        self._faults = faults
 
     def send(self, type: str, **fields: Any) -> Any:  # Celery's signature
         dispatcher = self._forward_to
         if type.startswith("task-"):
-            self._record(type, fields)
+            try:
+                self._record(type, fields)
+            except Exception as error:  # noqa: BLE001 - the task's own reporting goes on
+                self._faults.record(faults.TAP, error)
             # Most workers run without -E: their dispatcher drops task events (or is off), so
             # skip the call rather than re-pack every event's arguments for nothing.
             groups = dispatcher.groups
@@ -211,7 +236,8 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def __init__(self, c: Any, **kwargs: Any) -> None:
         self.metrics = getattr(c.controller, METRICS_ATTRIBUTE, None)
-        self.arrivals = ArrivalLog()
+        self.faults = Faults() if self.metrics is None else self.metrics.faults
+        self.arrivals = ArrivalLog(self.faults)
         self.failures = FailureLog()
         self._main_pid = os.getpid()
         self._tap: EventTap | None = None
@@ -222,21 +248,49 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
         return self.metrics is not None
 
     def start(self, c: Any) -> None:
+        try:
+            self._install(c)
+        except Exception as error:  # noqa: BLE001 - never the reason a worker stops
+            self.faults.record(faults.TAP_INSTALL, error)
+            logger.error(
+                "celery-prom: the task event tap could not be installed on Celery %s: this "
+                "worker runs tasks, but its task metrics are NOT recorded",
+                celery.__version__,
+            )
+            with self.faults.contained(faults.TAP_INSTALL):
+                self._uninstall(c)
+                c.update_strategies()  # none may keep a half-installed tap
+        else:
+            self.faults.resolved(faults.TAP_INSTALL)
+
+    def stop(self, c: Any) -> None:
+        with self.faults.contained(faults.TAP_INSTALL):
+            self._uninstall(c)
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
+
+    def _install(self, c: Any) -> None:
         assert self.metrics is not None
         tap = self._tap = EventTap(
-            c.event_dispatcher, self.metrics.recorder, c.hostname, self.arrivals, self.failures
+            c.event_dispatcher,
+            self.metrics.recorder,
+            hostname=c.hostname,
+            arrivals=self.arrivals,
+            failures=self.failures,
+            faults=self.faults,
         )
+        # The consumer loop asks for its message handler when it starts, after this step,
+        # and the handler looks up on_decode_error on the consumer each time it needs it.
+        self._consumer_overrides = {
+            name: c.__dict__.get(name) for name in ("create_task_handler", "on_decode_error")
+        }
         c.event_dispatcher = tap
         c.update_strategies()
         # Requests that outlived a reconnect still point at the dispatcher they had (on
         # Celery < 5.7, ETA requests not yet due keep the previous tap, which records too).
         for request in (*worker_state.reserved_requests, *scheduled_requests()):
             request.eventer = tap
-        # The consumer loop asks for its message handler when it starts, after this step,
-        # and the handler looks up on_decode_error on the consumer each time it needs it.
-        self._consumer_overrides = {
-            name: c.__dict__.get(name) for name in ("create_task_handler", "on_decode_error")
-        }
         create_handler = c.create_task_handler
         c.create_task_handler = lambda: self.arrivals.wrap(create_handler())
         c.on_decode_error = counting(
@@ -245,7 +299,8 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
         signals.task_failure.connect(self._on_task_failure, weak=False)
         signals.task_rejected.connect(self._on_task_rejected, weak=False)
 
-    def stop(self, c: Any) -> None:
+    def _uninstall(self, c: Any) -> None:
+        """Put back what ``_install`` replaced, however far it got."""
         signals.task_failure.disconnect(self._on_task_failure)
         signals.task_rejected.disconnect(self._on_task_rejected)
         for name, previous in self._consumer_overrides.items():
@@ -254,20 +309,20 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
             else:
                 setattr(c, name, previous)
         self._consumer_overrides = {}
-        if self._tap is not None and c.event_dispatcher is self._tap:
-            c.event_dispatcher = self._tap.dispatcher
-        self._tap = None
-
-    def shutdown(self, c: Any) -> None:
-        self.stop(c)
+        tap, self._tap = self._tap, None
+        if tap is not None and c.event_dispatcher is tap:
+            c.event_dispatcher = tap.dispatcher
 
     def _on_task_failure(
         self, sender: Any = None, task_id: Any = None, exception: Any = None, **_: Any
     ) -> None:
         # Pool children inherit this receiver; only the main process's tap records.
         if os.getpid() == self._main_pid and isinstance(exception, BaseException):
-            self.failures.add(task_id, exception)
+            with self.faults.contained(faults.SIGNAL):
+                self.failures.add(task_id, exception)
 
     def _on_task_rejected(self, sender: Any = None, exc: Any = None, **_: Any) -> None:
         if os.getpid() == self._main_pid and self.metrics is not None:
-            self.metrics.invalid_messages.add(INVALID_UNRECOGNIZED if exc is None else INVALID_TASK)
+            with self.faults.contained(faults.SIGNAL):
+                reason = INVALID_UNRECOGNIZED if exc is None else INVALID_TASK
+                self.metrics.invalid_messages.add(reason)

@@ -135,7 +135,7 @@ def test_health_and_landing_page(redis_broker: Broker, tmp_path: Path) -> None:
         health = json.loads(http_get(f"http://127.0.0.1:{worker.port}/health"))
         page = http_get(f"http://127.0.0.1:{worker.port}/")
 
-    assert health == {"healthy": True, "checks": {"metrics": "ok"}}
+    assert health == {"healthy": True, "checks": {"metrics": "ok", "tap": "installed"}}
     assert f"celery-prom: {worker.hostname}" in page
 
 

@@ -1,0 +1,96 @@
+"""Errors of celery-prom's own parts inside a worker: contained, counted, logged once.
+
+A metrics plugin must never be the reason a worker stops or loses a task. Every place where
+celery-prom runs inside the worker (its steps starting, the tap's recording, signal
+receivers, scrapes, multiprocess compaction) reports what it raises here instead of letting
+it reach Celery; ``celery_prom_errors_total{component}`` and ``/health`` show it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from celery_prom import metrics
+from celery_prom.config import mask_secrets
+
+logger = logging.getLogger(__name__)
+
+# The components, as the ``component`` label names them.
+STARTUP = "startup"
+TAP_INSTALL = "tap_install"
+TAP = "tap"
+SIGNAL = "signal"
+SCRAPE = "scrape"
+MULTIPROCESS = "multiprocess"
+
+
+class Faults:
+    """Errors by component: how many, and the last one's reason."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._reasons: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def record(self, component: str, error: BaseException) -> None:
+        reason = mask_secrets(f"{type(error).__name__}: {error}")
+        with self._lock:
+            first = component not in self._counts
+            self._counts[component] = self._counts.get(component, 0) + 1
+            self._reasons[component] = reason
+        if first:  # a failure repeated on every task would drown the worker's own log
+            logger.error(
+                "celery-prom: %s failed (the worker goes on; later errors of this part are "
+                "only counted in celery_prom_errors_total): %s",
+                component,
+                reason,
+                exc_info=error,
+            )
+
+    @contextlib.contextmanager
+    def contained(self, component: str) -> Iterator[None]:
+        """Run the block; whatever it raises is recorded under ``component``, not raised."""
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 - containing every error is the point
+            self.record(component, error)
+
+    def resolved(self, component: str) -> None:
+        """``component`` works again (its count stays: it is a counter)."""
+        with self._lock:
+            self._reasons.pop(component, None)
+
+    def reasons(self) -> dict[str, str]:
+        """The last error's reason of each component that failed."""
+        with self._lock:
+            return dict(self._reasons)
+
+    def collect(self) -> Iterator[Metric]:
+        family = metrics.PROM_ERRORS
+        counter = CounterMetricFamily(family.openmetrics_name, family.help, labels=family.labels)
+        with self._lock:
+            counts = sorted(self._counts.items())
+        for component, count in counts:
+            counter.add_metric((component,), count)
+        yield counter
+
+
+class ContainedCollector:
+    """A collector whose errors leave its own families out of a scrape, and nothing else."""
+
+    def __init__(self, collector: Collector, faults: Faults) -> None:
+        self._collector = collector
+        self._faults = faults
+
+    def collect(self) -> list[Metric]:
+        try:
+            return list(self._collector.collect())
+        except Exception as error:  # noqa: BLE001 - one part failing must not fail the scrape
+            self._faults.record(SCRAPE, error)
+            return []
