@@ -3,7 +3,7 @@
 Two ways in, one way on. Redis delivers events over PUB/SUB; ``RedisEventStream``
 subscribes to the same topic kombu publishes them on and reads the socket in large chunks
 into hiredis' reply parser, which is about twice as fast as kombu's generic consumer
-(numbers in benchmarks/exporter_events.py and the README) and so keeps up where kombu
+(numbers in benchmarks/exporter_events.py and docs/benchmarks.md) and so keeps up where kombu
 lags until Redis cuts the connection. Every other transport goes through
 ``KombuEventStream``: a kombu consumer on an exclusive queue bound to the event exchange.
 

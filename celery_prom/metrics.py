@@ -1,7 +1,7 @@
 """The metric catalogue: every family celery-prom exposes, with its type, help and labels.
 
 Names are a public contract (dashboards, alert rules and other people's scripts use them);
-the README's metric reference is generated from this module and tested to match it.
+the metric reference in docs/metrics.md is generated from this module and tested to match it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README stays true to the code."""
+"""The README stays true to the code and to the documentation it leads to."""
 
 from __future__ import annotations
 
@@ -9,22 +9,58 @@ import subprocess
 import sys
 from pathlib import Path
 
+import markdown
 import pytest
 
-from tests.support import RedisServer, try_scrape, wait_for
-from tools.metric_reference import README, current_block, render
+from tests.support import REPO, RedisServer, try_scrape, wait_for
+
+README = REPO / "README.md"
+#: The README keeps what a new user reads first; everything else lives in docs/.
+MAX_README_BYTES = 15 * 1024
 
 
-def test_the_metric_reference_matches_the_catalogue() -> None:
-    assert current_block(README.read_text()) == render(), (
-        "README.md's metric reference is stale: run python -m tools.metric_reference --write"
-    )
+def test_the_readme_stays_short() -> None:
+    assert len(README.read_bytes()) < MAX_README_BYTES
+
+
+def relative_links(text: str) -> list[str]:
+    """The targets of the Markdown links in text that stay inside the repository."""
+    outside_code = re.sub(r"```.*?```", "", text, flags=re.S)
+    targets = re.findall(r"\]\(([^)\s]+)\)", outside_code)
+    return [target for target in targets if not re.match(r"[a-z]+:", target)]
+
+
+def anchors(markdown_file: Path) -> set[str]:
+    """The ids Python-Markdown's toc extension gives the headings, as MkDocs does."""
+    html = markdown.markdown(markdown_file.read_text(), extensions=["toc"])
+    return set(re.findall(r'<h[1-6] id="([^"]+)"', html))
+
+
+def test_every_relative_link_in_the_readme_leads_somewhere() -> None:
+    links = relative_links(README.read_text())
+    assert links
+    for link in links:
+        path, _, anchor = link.partition("#")
+        target = REPO / path if path else README
+        assert target.is_file(), link
+        assert not anchor or anchor in anchors(target), link
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """The (language, text) of each fenced code block in text."""
+    return re.findall(r"```(\w+)\n(.*?)```", text, flags=re.S)
 
 
 def quick_start_blocks() -> list[tuple[str, str]]:
-    """The (language, text) code blocks of the README's Quick start section."""
+    """The code blocks of the README's Quick start section."""
     section = README.read_text().split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+    return code_blocks(section)
+
+
+def test_the_documentation_quick_start_shows_the_readme_code() -> None:
+    page = (REPO / "docs" / "quickstart.md").read_text()
+
+    assert code_blocks(page) == quick_start_blocks()
 
 
 def commands(shell_block: str) -> list[list[str]]:
