@@ -18,6 +18,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from celery_prom import metrics
 from celery_prom.config import mask_secrets
+from celery_prom.metrics import new_family
 
 T = TypeVar("T")
 
@@ -115,12 +116,10 @@ class BrokerStatus:
         with self._lock:
             up = self._receiving and self._query_ok is not False
             reconnects = self._reconnects
-        gauge = GaugeMetricFamily(metrics.BROKER_UP.name, metrics.BROKER_UP.help)
+        gauge = new_family(metrics.BROKER_UP, GaugeMetricFamily)
         gauge.add_metric((), 1 if up else 0)
         yield gauge
-        counter = CounterMetricFamily(
-            metrics.BROKER_RECONNECTS.openmetrics_name, metrics.BROKER_RECONNECTS.help
-        )
+        counter = new_family(metrics.BROKER_RECONNECTS, CounterMetricFamily)
         counter.add_metric((), reconnects)
         yield counter
 

@@ -31,7 +31,6 @@ from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Queue
 from kombu.transport.redis import SentinelTransport
 
-from celery_prom.bootsteps.tap import RECORDED_MARK
 from celery_prom.broker import close_connection
 from celery_prom.recorder import (
     DROP_MALFORMED,
@@ -39,6 +38,7 @@ from celery_prom.recorder import (
     DROP_RECORDED_BY_WORKER,
     DROP_UNDECODABLE,
     DROP_UNKNOWN_TYPE,
+    RECORDED_MARK,
     Recorder,
 )
 from celery_prom.workers import WORKER_EVENTS, WorkerLiveness

@@ -32,6 +32,7 @@ from celery_prom.events import (
 )
 from celery_prom.exposition import TaskExposition, render_registry
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
+from celery_prom.metrics import new_family
 from celery_prom.queues import QueueCollector, QueueDiscovery, QueueNames, QueueSize, probe_for
 from celery_prom.recorder import Recorder
 from celery_prom.store import LabelOverflowCollector, TaskStore
@@ -160,17 +161,8 @@ class TimedCollectors:
         self._collectors = dict(collectors)
 
     def collect(self) -> Iterator[Metric]:
-        success = GaugeMetricFamily(
-            metrics.COLLECTOR_SUCCESS.name,
-            metrics.COLLECTOR_SUCCESS.help,
-            labels=metrics.COLLECTOR_SUCCESS.labels,
-        )
-        duration = GaugeMetricFamily(
-            metrics.COLLECTOR_DURATION.name,
-            metrics.COLLECTOR_DURATION.help,
-            labels=metrics.COLLECTOR_DURATION.labels,
-            unit=metrics.COLLECTOR_DURATION.unit,
-        )
+        success = new_family(metrics.COLLECTOR_SUCCESS, GaugeMetricFamily)
+        duration = new_family(metrics.COLLECTOR_DURATION, GaugeMetricFamily)
         for name, collector in self._collectors.items():
             started = time.perf_counter()
             try:

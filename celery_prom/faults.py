@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from celery_prom import metrics
 from celery_prom.config import mask_secrets
+from celery_prom.metrics import new_family
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ class Faults:
             return dict(self._reasons)
 
     def collect(self) -> Iterator[Metric]:
-        family = metrics.PROM_ERRORS
-        counter = CounterMetricFamily(family.openmetrics_name, family.help, labels=family.labels)
+        counter = new_family(metrics.PROM_ERRORS, CounterMetricFamily)
         with self._lock:
             counts = sorted(self._counts.items())
         for component, count in counts:

@@ -8,6 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+
+#: The prometheus_client family classes a catalogue entry can be built as.
+MetricFamily = TypeVar(
+    "MetricFamily", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+)
 
 
 class MetricType(str, Enum):
@@ -40,6 +52,20 @@ class Family:
         if self.type is MetricType.COUNTER and self.name.endswith("_total"):
             return self.name[: -len("_total")]
         return self.name
+
+
+_FAMILY_CLASSES: dict[MetricType, type] = {
+    MetricType.COUNTER: CounterMetricFamily,
+    MetricType.GAUGE: GaugeMetricFamily,
+    MetricType.HISTOGRAM: HistogramMetricFamily,
+}
+
+
+def new_family(family: Family, cls: type[MetricFamily]) -> MetricFamily:
+    """An empty ``cls`` named, described and labelled as the catalogue entry says."""
+    if _FAMILY_CLASSES[family.type] is not cls:
+        raise TypeError(f"{family.name} is a {family.type.value}, not a {cls.__name__}")
+    return cls(family.name, family.help, labels=family.labels, unit=family.unit)
 
 
 TASK_LABELS = ("name", "hostname", "queue_name")

@@ -30,6 +30,7 @@ from celery_prom.broker import (
     close_connection,
     describe_error,
 )
+from celery_prom.metrics import new_family
 
 logger = logging.getLogger(__name__)
 
@@ -367,14 +368,8 @@ class QueueCollector:
             self._status.query_failed(describe_error(exc))
             raise
         self._status.query_succeeded()
-        length = GaugeMetricFamily(
-            metrics.QUEUE_LENGTH.name, metrics.QUEUE_LENGTH.help, labels=metrics.QUEUE_LENGTH.labels
-        )
-        consumers = GaugeMetricFamily(
-            metrics.ACTIVE_CONSUMERS.name,
-            metrics.ACTIVE_CONSUMERS.help,
-            labels=metrics.ACTIVE_CONSUMERS.labels,
-        )
+        length = new_family(metrics.QUEUE_LENGTH, GaugeMetricFamily)
+        consumers = new_family(metrics.ACTIVE_CONSUMERS, GaugeMetricFamily)
         for size in sizes:
             length.add_metric((size.name,), size.length)
             if size.consumers is not None:

@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from celery_prom import metrics
-from celery_prom.metrics import MAX_LABEL_VALUE_LENGTH
+from celery_prom.metrics import MAX_LABEL_VALUE_LENGTH, new_family
 from celery_prom.store import (
     RECEIVED,
     REJECTED,
@@ -32,6 +32,9 @@ from celery_prom.store import (
     TaskStore,
 )
 
+#: Field the worker's tap adds to the task events it passes on, so an exporter receiving them
+#: knows this worker already counts its own tasks and does not count them a second time.
+RECORDED_MARK = "celery_prom"
 DEFAULT_QUEUE = "celery"
 UNKNOWN_EXCEPTION = "unknown"
 
@@ -171,16 +174,10 @@ class Recorder:
         with self._lock:
             received = self.stats.received
             dropped = sorted(self.stats.dropped.items())
-        total = CounterMetricFamily(
-            metrics.EVENTS_RECEIVED.openmetrics_name, metrics.EVENTS_RECEIVED.help
-        )
+        total = new_family(metrics.EVENTS_RECEIVED, CounterMetricFamily)
         total.add_metric((), received)
         yield total
-        drops = CounterMetricFamily(
-            metrics.EVENTS_DROPPED.openmetrics_name,
-            metrics.EVENTS_DROPPED.help,
-            labels=metrics.EVENTS_DROPPED.labels,
-        )
+        drops = new_family(metrics.EVENTS_DROPPED, CounterMetricFamily)
         for reason, value in dropped:
             drops.add_metric((reason,), value)
         yield drops

@@ -20,7 +20,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.utils import floatToGoString
 
 from celery_prom import metrics
-from celery_prom.metrics import OVERFLOW_LABEL_VALUE, TASK_COUNTERS
+from celery_prom.metrics import OVERFLOW_LABEL_VALUE, TASK_COUNTERS, new_family
 
 SeriesKey = tuple[str, str, str]
 
@@ -197,17 +197,11 @@ class TaskStore:
         """
         snapshots = [s for key, _ in self.versions() if (s := self.snapshot(key))]
         for index, family in enumerate(TASK_COUNTERS):
-            counter = CounterMetricFamily(
-                family.openmetrics_name, family.help, labels=family.labels
-            )
+            counter = new_family(family, CounterMetricFamily)
             for snap in snapshots:
                 counter.add_metric(snap.key, snap.counters[index])
             yield counter
-        failed = CounterMetricFamily(
-            metrics.TASK_FAILED.openmetrics_name,
-            metrics.TASK_FAILED.help,
-            labels=metrics.TASK_FAILED.labels,
-        )
+        failed = new_family(metrics.TASK_FAILED, CounterMetricFamily)
         for snap in snapshots:
             for exception, value in snap.failures:
                 failed.add_metric((*snap.key, exception), value)
@@ -216,9 +210,7 @@ class TaskStore:
             (metrics.TASK_RUNTIME, self.runtime_bounds, _runtime_of),
             (metrics.TASK_QUEUE_WAIT, self.queue_wait_bounds, _queue_wait_of),
         ):
-            histogram = HistogramMetricFamily(
-                family.name, family.help, labels=family.labels, unit=family.unit
-            )
+            histogram = new_family(family, HistogramMetricFamily)
             for snap in snapshots:
                 values = pick(snap)
                 histogram.add_metric(
@@ -291,8 +283,7 @@ class LabelOverflowCollector:
         self._store = store
 
     def collect(self) -> Iterator[Metric]:
-        family = metrics.LABEL_OVERFLOW
-        counter = CounterMetricFamily(family.openmetrics_name, family.help, labels=family.labels)
+        counter = new_family(metrics.LABEL_OVERFLOW, CounterMetricFamily)
         for label, count in sorted(self._store.overflow_counts().items()):
             counter.add_metric((label,), count)
         yield counter

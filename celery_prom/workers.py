@@ -25,6 +25,7 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from celery_prom import metrics
+from celery_prom.metrics import new_family
 from celery_prom.recorder import (
     DROP_INVALID_FIELD,
     DROP_MALFORMED,
@@ -155,14 +156,10 @@ class WorkerLiveness:
         now = self._clock.monotonic()
         with self._lock:
             workers = sorted(self._workers.items())
-        up = _gauge(metrics.WORKER_UP)
-        last = _gauge(metrics.WORKER_LAST_HEARTBEAT)
-        active = _gauge(metrics.WORKER_TASKS_ACTIVE)
-        processed = CounterMetricFamily(
-            metrics.WORKER_PROCESSED.openmetrics_name,
-            metrics.WORKER_PROCESSED.help,
-            labels=metrics.WORKER_PROCESSED.labels,
-        )
+        up = new_family(metrics.WORKER_UP, GaugeMetricFamily)
+        last = new_family(metrics.WORKER_LAST_HEARTBEAT, GaugeMetricFamily)
+        active = new_family(metrics.WORKER_TASKS_ACTIVE, GaugeMetricFamily)
+        processed = new_family(metrics.WORKER_PROCESSED, CounterMetricFamily)
         for hostname, worker in workers:
             alive = worker.online and now - worker.received_mono <= self.worker_timeout
             up.add_metric((hostname,), 1 if alive else 0)
@@ -215,10 +212,6 @@ class WorkerLiveness:
         self._tombstones.move_to_end(hostname)
         while len(self._tombstones) > MAX_TOMBSTONES:
             self._tombstones.popitem(last=False)
-
-
-def _gauge(family: metrics.Family) -> GaugeMetricFamily:
-    return GaugeMetricFamily(family.name, family.help, labels=family.labels, unit=family.unit)
 
 
 def _optional_number(event: Mapping[str, Any], name: str) -> float | None:

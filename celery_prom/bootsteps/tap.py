@@ -39,15 +39,12 @@ from celery_prom.bootsteps.worker_state import (
 )
 from celery_prom.faults import Faults
 from celery_prom.producer import SENT_AT_HEADER
-from celery_prom.recorder import DEFAULT_QUEUE, Recorder
+from celery_prom.recorder import DEFAULT_QUEUE, RECORDED_MARK, Recorder
 
 logger = logging.getLogger(__name__)
 
 #: Attribute of the worker (``WorkController``) holding its ``WorkerMetrics``.
 METRICS_ATTRIBUTE = "celery_prom"
-#: Field added to the task events the tap passes on, so an exporter receiving them knows
-#: this worker already counts its own tasks and does not count them a second time.
-RECORDED_MARK = "celery_prom"
 #: Events of tasks whose attempt the recorder knows already: no need for the message.
 _MID_FLIGHT = frozenset({"task-started", "task-succeeded", "task-retried"})
 #: Fields the tap adds for the recorder that Celery's published events do not carry.

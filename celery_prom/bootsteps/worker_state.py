@@ -11,6 +11,7 @@ from celery.worker import state as worker_state
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from celery_prom import __version__, metrics
+from celery_prom.metrics import new_family
 
 # Pool class modules and the name users pass to ``--pool`` for them.
 _POOL_NAMES: Mapping[str, str] = {"thread": "threads"}
@@ -65,11 +66,7 @@ class WorkerStateCollector:
         yield _gauge(metrics.WORKER_POOL_PROCESSES, host, pool_processes(self._worker.pool))
         info = (self._hostname, celery.__version__, pool_name(self._worker.pool), __version__)
         yield _gauge(metrics.WORKER_INFO, info, 1)
-        invalid = CounterMetricFamily(
-            metrics.WORKER_INVALID_MESSAGES.openmetrics_name,
-            metrics.WORKER_INVALID_MESSAGES.help,
-            labels=metrics.WORKER_INVALID_MESSAGES.labels,
-        )
+        invalid = new_family(metrics.WORKER_INVALID_MESSAGES, CounterMetricFamily)
         for reason, count in self._invalid.items():
             invalid.add_metric((self._hostname, reason), count)
         yield invalid
@@ -106,6 +103,6 @@ def _has_not_exited(process: Any) -> bool:
 
 
 def _gauge(family: metrics.Family, labels: tuple[str, ...], value: float) -> GaugeMetricFamily:
-    gauge = GaugeMetricFamily(family.name, family.help, labels=family.labels)
+    gauge = new_family(family, GaugeMetricFamily)
     gauge.add_metric(labels, value)
     return gauge
