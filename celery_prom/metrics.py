@@ -278,8 +278,20 @@ LABEL_OVERFLOW = Family(
 
 #: Value that replaces a label value once its cardinality cap is reached.
 OVERFLOW_LABEL_VALUE = "_other"
+
 #: Label values longer than this are dropped as invalid, never truncated into collisions.
 MAX_LABEL_VALUE_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class LabelLimits:
+    """Caps on distinct label values; values past a cap become ``OVERFLOW_LABEL_VALUE``."""
+
+    task_names: int = 5000
+    queues: int = 1000
+    hostnames: int = 2000
+    exceptions: int = 500
+
 
 #: Every family, in the order the metric reference lists them.
 CATALOGUE: tuple[Family, ...] = (
