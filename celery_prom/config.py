@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from kombu.transport import TRANSPORT_ALIASES
 
 from celery_prom import metrics
-from celery_prom.store import LabelLimits
+from celery_prom.metrics import LabelLimits
 
 DEFAULT_PORT = 9808
 DEFAULT_HOST = "0.0.0.0"

@@ -6,9 +6,7 @@ from typing import Any
 
 from celery.bin.base import CeleryOption
 
-from celery_prom.bootsteps import PrometheusServer, TaskEventTap
 from celery_prom.config import DEFAULT_HOST, DEFAULT_PORT
-from celery_prom.producer import instrument_producers
 
 _HELP_GROUP = "celery-prom Options"
 
@@ -18,6 +16,10 @@ def install(app: Any) -> None:
 
     Safe to call more than once.
     """
+    # Imported on use, not with the package: see celery_prom/__init__.py.
+    from celery_prom.bootsteps import PrometheusServer, TaskEventTap  # noqa: PLC0415
+    from celery_prom.producer import instrument_producers  # noqa: PLC0415
+
     app.steps["worker"].add(PrometheusServer)
     app.steps["consumer"].add(TaskEventTap)
     options = app.user_options["worker"]

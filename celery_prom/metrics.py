@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
+if TYPE_CHECKING:
+    # Not at run time: the CLI imports the catalogue, and prometheus_client must not be
+    # imported before a user's app sets PROMETHEUS_MULTIPROC_DIR (see celery_prom/__init__).
+    from prometheus_client.metrics_core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
 #: The prometheus_client family classes a catalogue entry can be built as.
 MetricFamily = TypeVar(
-    "MetricFamily", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    "MetricFamily", "CounterMetricFamily", "GaugeMetricFamily", "HistogramMetricFamily"
 )
 
 
@@ -54,16 +57,16 @@ class Family:
         return self.name
 
 
-_FAMILY_CLASSES: dict[MetricType, type] = {
-    MetricType.COUNTER: CounterMetricFamily,
-    MetricType.GAUGE: GaugeMetricFamily,
-    MetricType.HISTOGRAM: HistogramMetricFamily,
+_FAMILY_CLASSES = {
+    MetricType.COUNTER: "CounterMetricFamily",
+    MetricType.GAUGE: "GaugeMetricFamily",
+    MetricType.HISTOGRAM: "HistogramMetricFamily",
 }
 
 
 def new_family(family: Family, cls: type[MetricFamily]) -> MetricFamily:
     """An empty ``cls`` named, described and labelled as the catalogue entry says."""
-    if _FAMILY_CLASSES[family.type] is not cls:
+    if _FAMILY_CLASSES[family.type] != cls.__name__:
         raise TypeError(f"{family.name} is a {family.type.value}, not a {cls.__name__}")
     return cls(family.name, family.help, labels=family.labels, unit=family.unit)
 
@@ -312,8 +315,20 @@ PROM_ERRORS = Family(
 
 #: Value that replaces a label value once its cardinality cap is reached.
 OVERFLOW_LABEL_VALUE = "_other"
+
 #: Label values longer than this are dropped as invalid, never truncated into collisions.
 MAX_LABEL_VALUE_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class LabelLimits:
+    """Caps on distinct label values; values past a cap become ``OVERFLOW_LABEL_VALUE``."""
+
+    task_names: int = 5000
+    queues: int = 1000
+    hostnames: int = 2000
+    exceptions: int = 500
+
 
 #: Every family, in the order the metric reference lists them.
 CATALOGUE: tuple[Family, ...] = (

@@ -20,22 +20,12 @@ from prometheus_client.metrics_core import (
 from prometheus_client.utils import floatToGoString
 
 from celery_prom import metrics
-from celery_prom.metrics import OVERFLOW_LABEL_VALUE, TASK_COUNTERS, new_family
+from celery_prom.metrics import OVERFLOW_LABEL_VALUE, TASK_COUNTERS, LabelLimits, new_family
 
 SeriesKey = tuple[str, str, str]
 
 #: Index of each outcome counter inside ``TaskSeries.counters``.
 RECEIVED, STARTED, SUCCEEDED, RETRIED, REVOKED, REJECTED = range(len(TASK_COUNTERS))
-
-
-@dataclass(frozen=True)
-class LabelLimits:
-    """Caps on distinct label values; values past a cap become ``OVERFLOW_LABEL_VALUE``."""
-
-    task_names: int = 5000
-    queues: int = 1000
-    hostnames: int = 2000
-    exceptions: int = 500
 
 
 class Histogram:

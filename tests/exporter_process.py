@@ -6,7 +6,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -28,6 +27,7 @@ from tests.support import (
     app_env,
     free_port,
     http_get,
+    stop_process,
     try_scrape,
     unique,
     wait_for,
@@ -69,14 +69,7 @@ class ExporterProcess:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
+        return stop_process(self.process, 20)
 
 
 def exporter_env(broker: Broker | None = None, **extra: str) -> dict[str, str]:

@@ -19,8 +19,7 @@ from celery_prom.config import (
     parse_host,
     parse_transport_options,
 )
-from celery_prom.metrics import DEFAULT_RUNTIME_BUCKETS
-from celery_prom.store import LabelLimits
+from celery_prom.metrics import DEFAULT_RUNTIME_BUCKETS, LabelLimits
 
 
 def worker(

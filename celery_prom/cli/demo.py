@@ -10,7 +10,6 @@ import click
 
 from celery_prom.cli.errors import OptionError
 from celery_prom.config import DEFAULT_PORT, parse_broker_url, parse_host, parse_listen_port
-from celery_prom.demo.runner import DemoOptions, run_demo
 
 T = TypeVar("T")
 
@@ -49,6 +48,9 @@ def demo(
     broker_url: str | None, host: str, worker_port: str, exporter_port: str, duration: str | None
 ) -> None:
     """A live shop with a prefork worker and the exporter: real metrics, one command."""
+    # Imported on use, not with the entry point: see celery_prom/__init__.py.
+    from celery_prom.demo.runner import DemoOptions, run_demo  # noqa: PLC0415
+
     options = DemoOptions(
         broker_url=None
         if broker_url is None

@@ -32,7 +32,6 @@ from celery_prom.config import (
     Source,
     mask_secrets,
 )
-from celery_prom.exporter import Exporter
 
 USAGE_ERROR = 2
 CANNOT_LISTEN = 1
@@ -120,6 +119,9 @@ def cli_values(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_exporter(settings: ExporterSettings, app: Any = None) -> None:
+    # Imported on use, not with the entry point: see celery_prom/__init__.py.
+    from celery_prom.exporter import Exporter  # noqa: PLC0415
+
     configure_logging(settings.log_level)
     try:
         exporter = Exporter(settings, app)
