@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from celery_prom.cli.demo import demo
+from celery_prom.cli.monitoring import monitoring
 from celery_prom.config import (
     DEFAULT_BROKER_TIMEOUT,
     DEFAULT_EVENT_EXCHANGE,
@@ -187,6 +188,7 @@ def prom(ctx: click.Context, /, **options: Any) -> None:
 
 
 cli.add_command(demo)
+cli.add_command(monitoring)
 
 
 def app_queue_names(app: Any) -> Sequence[str]:
