@@ -40,6 +40,26 @@ RENAMED_LINES = [
         '          "expr": "up{job=\\"celery-worker\\"}",',
         '          "expr": "up{job=\\"workers\\"}",',
     ),
+    (
+        "kubernetes/exporter-servicemonitor.yaml",
+        "          replacement: celery-exporter",
+        "          replacement: broker-watch",
+    ),
+    (
+        "kubernetes/prometheusrule.yaml",
+        '      expr: up{job="celery-worker"} == 0',
+        '      expr: up{job="workers"} == 0',
+    ),
+    (
+        "kubernetes/prometheusrule.yaml",
+        '      expr: up{job=~"celery-.*", job!="celery-worker"} == 0',
+        '      expr: up{job=~"celery-.*|broker-watch", job!="workers"} == 0',
+    ),
+    (
+        "kubernetes/worker-podmonitor.yaml",
+        "          replacement: celery-worker",
+        "          replacement: workers",
+    ),
     ("prometheus-ha.yml", "  - job_name: celery-worker", "  - job_name: workers"),
     ("prometheus-ha.yml", "  - job_name: celery-exporter", "  - job_name: broker-watch"),
     (
