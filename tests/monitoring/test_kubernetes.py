@@ -3,6 +3,7 @@ the monitors scrape what the rules expect, and the PrometheusRule is monitoring/
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ import yaml
 from kubernetes_validate.utils import all_versions, latest_version
 
 from tests.monitoring.promql import MONITORING, RULE_FILES, load_yaml
+from tests.support import REPO
 from tools.prometheus_rule import OUTPUT, render, stale
 
 KUBERNETES = MONITORING / "kubernetes"
+DEPLOYING = REPO / "docs" / "deploying.md"
 #: The oldest and newest Kubernetes versions kubernetes-validate has schemas for.
 VERSIONS = [all_versions()[0], latest_version()]
 
@@ -177,3 +180,34 @@ def test_promtool_accepts_the_prometheus_rule_groups(
         len(group["rules"]) for path in RULE_FILES for group in load_yaml(path)["groups"]
     )
     assert f"SUCCESS: {rule_count} rules found" in result.stdout
+
+
+def documented_yaml() -> list[dict[str, Any]]:
+    """The YAML examples of docs/deploying.md."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DEPLOYING.read_text(encoding="utf-8"), flags=re.S)
+    return [yaml.safe_load(block) for block in blocks]
+
+
+def test_the_documented_overlay_uses_the_exported_directory_and_sets_the_exporter_image(
+    objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    # Not rendered: the kustomize in Debian's kubectl (1.20) wants bases: for directories.
+    (overlay,) = [doc for doc in documented_yaml() if doc["kind"] == "Kustomization"]
+    exported = re.search(r"celery-prom monitoring export \./(\S+)", DEPLOYING.read_text())
+    assert exported
+
+    assert overlay["resources"] == [f"../{exported.group(1)}/kubernetes"]
+    assert [image["name"] for image in overlay["images"]] == [exporter_container(objects)["image"]]
+
+
+def test_the_documented_worker_deployment_is_found_by_the_worker_pod_monitor(
+    objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    (worker,) = [doc for doc in documented_yaml() if doc["kind"] == "Deployment"]
+    kubernetes_validate.validate(worker, latest_version(), strict=True)
+    monitor = objects["PodMonitor", "celery-worker"]["spec"]
+    template = worker["spec"]["template"]
+
+    assert monitor["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    ports = [port for container in template["spec"]["containers"] for port in container["ports"]]
+    assert {"name": monitor["podMetricsEndpoints"][0]["port"], "containerPort": 9808} in ports
