@@ -19,6 +19,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 
 from celery_prom import faults
+from celery_prom.bootsteps.pool_processes import PoolProcesses
 from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
 from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
 from celery_prom.cli.errors import OptionError
@@ -103,10 +104,12 @@ class WorkerMetrics:
         )
         self.recorder = Recorder(self.store)
         self.invalid_messages = MessageTally()
+        self.pool_processes = PoolProcesses(worker, hostname, faults)
         self.exposition = TaskExposition(self.store)
         self.registry = CollectorRegistry(auto_describe=False)
         for collector in (
             WorkerStateCollector(worker, hostname, self.invalid_messages),
+            self.pool_processes,
             self.recorder,
             LabelOverflowCollector(self.store),
             user_metrics,
@@ -161,6 +164,7 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         self.faults = Faults()
         self.server: MetricsServer | None = None
         self.user_metrics: UserMetrics | None = None
+        self.pool_processes: PoolProcesses | None = None
         self._main_pid = os.getpid()
         if self.enabled:
             try:
@@ -180,6 +184,8 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         self.user_metrics = user_metrics_for(os.environ, self.faults)
         worker_metrics = WorkerMetrics(w, w.hostname, settings, self.user_metrics, self.faults)
         setattr(w, METRICS_ATTRIBUTE, worker_metrics)
+        self.pool_processes = worker_metrics.pool_processes
+        self.pool_processes.connect()  # before the Pool step creates the pool's children
         w.app.steps["consumer"].add(TaskEventTap)
         self.server = _bind(
             settings,
@@ -210,6 +216,8 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def _release(self) -> None:
         signals.worker_process_init.disconnect(self._close_inherited_socket)
+        if self.pool_processes is not None:
+            self.pool_processes.disconnect()
         server, self.server = self.server, None
         user_metrics, self.user_metrics = self.user_metrics, None
         if server is not None:

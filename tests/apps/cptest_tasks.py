@@ -71,6 +71,16 @@ def fail(exception: str) -> None:
     raise _EXCEPTIONS[exception]("boom")
 
 
+#: What ``hold_memory`` allocated, kept for the pool process's lifetime.
+_HELD: list[bytes] = []
+
+
+@app.task
+def hold_memory(megabytes: int) -> None:
+    """Allocate and keep ``megabytes`` MiB in the pool process that runs it."""
+    _HELD.append(b"x" * (megabytes * 1024 * 1024))  # written, so resident
+
+
 @app.task
 def sleep(seconds: float) -> None:
     time.sleep(seconds)
