@@ -51,10 +51,15 @@ def run_worker_command(
 
 
 def our_lines(output: str) -> list[str]:
-    """What the worker printed, minus Celery's warning about running as root."""
+    """What the worker printed, minus Celery's warning about running as root: from its
+    ``SecurityWarning:`` line to the indented line of source that issued it (which differs
+    between Celery versions)."""
     lines = output.strip().splitlines()
-    start = next((i for i, line in enumerate(lines) if "_warn_or_raise_security_error" in line), -1)
-    return lines[start + 1 :]
+    warning = next((i for i, line in enumerate(lines) if "SecurityWarning:" in line), None)
+    if warning is None:
+        return lines
+    source = next(i for i in range(warning + 1, len(lines)) if lines[i].startswith(" "))
+    return lines[source + 1 :]
 
 
 def test_a_busy_port_stops_the_worker_with_one_line(redis_broker: Broker) -> None:
