@@ -351,23 +351,21 @@ def exporter_options() -> list[Setting]:
             help="kombu transport option key=value (value read as JSON when it parses); "
             "repeatable. In the environment: k=v;k2=v2 or a JSON object.",
         ),
-        Setting(
-            "worker_timeout",
-            type=Seconds(),
-            default=DEFAULT_WORKER_TIMEOUT,
-            help="Seconds without a heartbeat before a worker is down.",
-        ),
-        Setting(
-            "purge_offline_after",
-            type=Seconds(),
-            default=DEFAULT_PURGE_OFFLINE_AFTER,
-            help="Seconds without a heartbeat before a worker's series are dropped.",
-        ),
-        Setting(
-            "broker_timeout",
-            type=Seconds(),
-            default=DEFAULT_BROKER_TIMEOUT,
-            help="Seconds a scrape waits for the broker.",
+        *(
+            Setting(key, type=Seconds(), default=default, help=f"Seconds {meaning}.")
+            for key, default, meaning in (
+                (
+                    "worker_timeout",
+                    DEFAULT_WORKER_TIMEOUT,
+                    "without a heartbeat before a worker is down",
+                ),
+                (
+                    "purge_offline_after",
+                    DEFAULT_PURGE_OFFLINE_AFTER,
+                    "without a heartbeat before a worker's series are dropped",
+                ),
+                ("broker_timeout", DEFAULT_BROKER_TIMEOUT, "a scrape waits for the broker"),
+            )
         ),
         Setting(
             "event_exchange",
