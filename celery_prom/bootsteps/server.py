@@ -23,7 +23,7 @@ from celery_prom.bootsteps.pool_processes import PoolProcesses
 from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
 from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
 from celery_prom.cli.errors import OptionError
-from celery_prom.config import ConfigError, Source, WorkerSettings
+from celery_prom.config import ConfigError, WorkerSettings
 from celery_prom.exposition import TaskExposition, render_registry
 from celery_prom.faults import ContainedCollector, Faults
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
@@ -139,10 +139,10 @@ class WorkerMetrics:
         return HealthReport(tap_error is None, checks)
 
 
-def worker_settings(app: Any, cli: Mapping[str, Any], env: Mapping[str, str]) -> WorkerSettings:
+def worker_settings(app: Any, cli: Mapping[str, Any]) -> WorkerSettings:
     """The worker's settings, or a one-line usage error naming the bad value's source."""
     try:
-        return WorkerSettings.resolve(Source(cli=cli, env=env, conf=app.conf, cli_prefix="prom_"))
+        return WorkerSettings.resolve(app, cli)
     except ConfigError as exc:
         raise OptionError(f"celery-prom: {exc}") from None
 
@@ -159,7 +159,7 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def __init__(self, w: Any, **kwargs: Any) -> None:
         cli = {name: kwargs.get(name) for name in CLI_OPTIONS}
-        settings = worker_settings(w.app, cli, os.environ)
+        settings = worker_settings(w.app, cli)
         self.enabled = settings.enabled
         self.faults = Faults()
         self.server: MetricsServer | None = None

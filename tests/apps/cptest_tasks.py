@@ -25,6 +25,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=int(os.environ.get("CPTEST_PREFETCH", "4")),
 )
+# More settings as one JSON object, such as celery-prom's own (celery_prom_port, ...).
+app.conf.update(json.loads(os.environ.get("CPTEST_CONF", "{}")))
 # "install": celery_prom.install(app); "step": only the worker step class; "none": plain.
 _INSTRUMENTATION = os.environ.get("CPTEST_INSTRUMENTATION", "install")
 if _INSTRUMENTATION == "install":
