@@ -21,7 +21,7 @@ from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from celery_prom.config import DEFAULT_PORT, parse_host, parse_listen_port
+from celery_prom.config import DEFAULT_PORT
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -36,7 +36,6 @@ DEFAULT_EXPORTER_ADDRESS = f"celery-exporter:{DEFAULT_PORT}"
 REPOSITORY_ONLY = frozenset({"tests"})
 #: The alerts' selector for "any celery job": CeleryScrapeTargetDown watches these jobs.
 _CELERY_JOBS = 'job=~"celery-.*"'
-_JOB_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -46,22 +45,6 @@ class Names:
     worker_job: str = DEFAULT_WORKER_JOB
     exporter_job: str = DEFAULT_EXPORTER_JOB
     exporter_address: str = DEFAULT_EXPORTER_ADDRESS
-
-
-def parse_job_name(value: str) -> str:
-    if not _JOB_NAME.fullmatch(value):
-        raise ValueError(f"{value!r} is not a job name (letters, digits, '_' and '-')")
-    return value
-
-
-def parse_address(value: str) -> str:
-    """``host:port``, as a static scrape target (an IPv6 host in brackets)."""
-    host, separator, port = value.rpartition(":")
-    if not separator or not host:
-        raise ValueError(f"{value!r} is not host:port")
-    bare_host = parse_host(host)
-    number = parse_listen_port(port)
-    return f"[{bare_host}]:{number}" if ":" in bare_host else f"{bare_host}:{number}"
 
 
 def bundle_root() -> Traversable:

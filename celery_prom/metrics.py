@@ -172,6 +172,15 @@ TASK_COUNTERS: tuple[Family, ...] = (
 )
 TASK_HISTOGRAMS: tuple[Family, ...] = (TASK_RUNTIME, TASK_QUEUE_WAIT)
 
+TASK_LONGEST_RUNNING = Family(
+    "celery_task_longest_running_seconds",
+    MetricType.GAUGE,
+    "How long the oldest execution of the task still running on the worker has been running, "
+    "at scrape time; the series exists only while one runs.",
+    TASK_LABELS,
+    ServedBy.WORKER,
+    unit="seconds",
+)
 WORKER_TASKS_ACTIVE = Family(
     "celery_worker_tasks_active",
     MetricType.GAUGE,
@@ -192,6 +201,23 @@ WORKER_POOL_PROCESSES = Family(
     "Pool processes (or threads) alive and able to run tasks.",
     ("hostname",),
     ServedBy.WORKER,
+)
+WORKER_POOL_PROCESSES_STARTED = Family(
+    "celery_worker_pool_processes_started_total",
+    MetricType.COUNTER,
+    "Processes the prefork pool started: the first ones and every replacement (recycled by "
+    "--max-tasks-per-child or --max-memory-per-child, or crashed). Prefork only.",
+    ("hostname",),
+    ServedBy.WORKER,
+)
+WORKER_POOL_PROCESS_MEMORY = Family(
+    "celery_worker_pool_process_resident_memory_bytes",
+    MetricType.GAUGE,
+    "Resident memory of each prefork pool process, by its pool slot (0 to concurrency-1), "
+    "read at scrape time. Prefork on Linux only.",
+    ("hostname", "process_index"),
+    ServedBy.WORKER,
+    unit="bytes",
 )
 WORKER_INFO = Family(
     "celery_worker_info",
@@ -339,6 +365,9 @@ CATALOGUE: tuple[Family, ...] = (
     WORKER_TASKS_ACTIVE,
     WORKER_TASKS_RESERVED,
     WORKER_POOL_PROCESSES,
+    WORKER_POOL_PROCESSES_STARTED,
+    WORKER_POOL_PROCESS_MEMORY,
+    TASK_LONGEST_RUNNING,
     WORKER_INFO,
     WORKER_INVALID_MESSAGES,
     QUEUE_LENGTH,

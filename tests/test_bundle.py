@@ -18,8 +18,6 @@ from celery_prom.bundle import (
     NotEmptyError,
     bundle_files,
     export,
-    parse_address,
-    parse_job_name,
     rename,
 )
 from tests.monitoring.promql import MONITORING
@@ -179,41 +177,6 @@ def test_force_overwrites_the_bundle_files_and_keeps_the_others(tmp_path: Path) 
         **repository_bundle(),
         "rules/celery-thresholds.yml": b"groups: []\n",
     }
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [("a b", "'a b' is not a job name"), ("", "'' is not a job name"), ('x"', "'x\"' is not")],
-)
-def test_job_names_are_plain_words(value: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_job_name(value)
-
-
-@pytest.mark.parametrize(
-    ("value", "parsed"),
-    [
-        ("exporter.internal:9100", "exporter.internal:9100"),
-        ("10.0.0.7:9808", "10.0.0.7:9808"),
-        ("[fd00::7]:9808", "[fd00::7]:9808"),
-    ],
-)
-def test_addresses_are_host_and_port(value: str, parsed: str) -> None:
-    assert parse_address(value) == parsed
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("exporter", "'exporter' is not host:port"),
-        (":9808", "':9808' is not host:port"),
-        ("exporter:0", "0 is not a port number"),
-        ("bad host:9808", "'bad host' is not a host name"),
-    ],
-)
-def test_bad_addresses_say_why(value: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_address(value)
 
 
 # -- from the wheel ------------------------------------------------------------------------

@@ -13,10 +13,9 @@ from celery_prom.bundle import (
     Names,
     NotEmptyError,
     export,
-    parse_address,
-    parse_job_name,
 )
-from celery_prom.cli.errors import OptionError
+from celery_prom.cli.errors import OneLineErrors, OptionError
+from celery_prom.config import Address, JobName
 
 
 @click.group(name="monitoring")
@@ -24,28 +23,25 @@ def monitoring() -> None:
     """The Prometheus rules, scrape configs, Grafana dashboards and Kubernetes manifests."""
 
 
-@monitoring.command(name="export")
+@monitoring.command(name="export", cls=OneLineErrors)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--worker-job",
-    type=parse_job_name,
-    metavar="NAME",
+    type=JobName(),
     default=DEFAULT_WORKER_JOB,
     show_default=True,
     help="Scrape job of the workers' endpoints.",
 )
 @click.option(
     "--exporter-job",
-    type=parse_job_name,
-    metavar="NAME",
+    type=JobName(),
     default=DEFAULT_EXPORTER_JOB,
     show_default=True,
     help="Scrape job of celery-prom exporter.",
 )
 @click.option(
     "--exporter-address",
-    type=parse_address,
-    metavar="HOST:PORT",
+    type=Address(),
     default=DEFAULT_EXPORTER_ADDRESS,
     show_default=True,
     help="Where Prometheus scrapes the exporter (prometheus.yml, prometheus-ha.yml).",

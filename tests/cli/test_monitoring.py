@@ -37,20 +37,20 @@ def test_export_says_how_many_files_it_wrote_where(tmp_path: Path) -> None:
         (
             ["--worker-job", "my workers", "out"],
             "Invalid value for '--worker-job': 'my workers' is not a job name "
-            "(letters, digits, '_' and '-')",
+            "(letters, digits, '_' and '-').",
         ),
         (
             ["--exporter-job", "", "out"],
             "Invalid value for '--exporter-job': '' is not a job name "
-            "(letters, digits, '_' and '-')",
+            "(letters, digits, '_' and '-').",
         ),
         (
             ["--exporter-address", "exporter", "out"],
-            "Invalid value for '--exporter-address': 'exporter' is not host:port",
+            "Invalid value for '--exporter-address': 'exporter' is not host:port.",
         ),
         (
             ["--exporter-address", "exporter:99999", "out"],
-            "Invalid value for '--exporter-address': 99999 is not a port number (1-65535)",
+            "Invalid value for '--exporter-address': 99999 is not in the range 1<=x<=65535.",
         ),
         (["full"], "full is not empty: give an empty or new directory, or --force"),
         (
