@@ -53,6 +53,18 @@ class ExporterProcess:
 
         return wait_for(check, timeout=timeout, what=f"{what} on the exporter")
 
+    def wait_until_counting(self, worker: WorkerProcess) -> None:
+        """Until it has heard the worker's heartbeat, so it receives the worker's task events,
+        and learned the worker's queue from its active_queues, which labels its tasks."""
+        self.wait_for_scrape(
+            lambda s: s.value("celery_worker_up", hostname=worker.hostname) == 1,
+            what=f"{worker.name}'s heartbeat",
+        )
+        self.wait_for_scrape(
+            lambda s: s.value("celery_queue_length", queue_name=worker.queue) is not None,
+            what=f"{worker.name}'s queue",
+        )
+
     def health(self) -> tuple[int, dict[str, Any]]:
         try:
             return 200, json.loads(http_get(f"http://127.0.0.1:{self.port}/health"))

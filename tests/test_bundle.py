@@ -20,7 +20,7 @@ from celery_prom.bundle import (
     export,
     rename,
 )
-from tests.monitoring.promql import MONITORING
+from tests.monitoring.promql import MONITORING, promtool_check_config
 from tests.support import REPO
 
 RENAMED = Names(
@@ -109,17 +109,6 @@ def changed_lines(before: dict[str, bytes], after: dict[str, bytes]) -> list[tup
         )
         if old != new
     ]
-
-
-def promtool_check_config(directory: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["promtool", "check", "config", "prometheus.yml"],
-        cwd=directory,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_the_bundle_is_monitoring_without_its_tests() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,6 +19,14 @@ from celery_prom.bundle import (
 from celery_prom.cli.errors import OneLineErrors, OptionError
 from celery_prom.config import Address, JobName
 
+Decorated = Callable[..., Any]
+
+
+def job_option(flag: str, default: str, scraped: str) -> Callable[[Decorated], Decorated]:
+    return click.option(
+        flag, type=JobName(), default=default, show_default=True, help=f"Scrape job of {scraped}."
+    )
+
 
 @click.group(name="monitoring")
 def monitoring() -> None:
@@ -25,20 +35,8 @@ def monitoring() -> None:
 
 @monitoring.command(name="export", cls=OneLineErrors)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--worker-job",
-    type=JobName(),
-    default=DEFAULT_WORKER_JOB,
-    show_default=True,
-    help="Scrape job of the workers' endpoints.",
-)
-@click.option(
-    "--exporter-job",
-    type=JobName(),
-    default=DEFAULT_EXPORTER_JOB,
-    show_default=True,
-    help="Scrape job of celery-prom exporter.",
-)
+@job_option("--worker-job", DEFAULT_WORKER_JOB, "the workers")
+@job_option("--exporter-job", DEFAULT_EXPORTER_JOB, "the exporter")
 @click.option(
     "--exporter-address",
     type=Address(),

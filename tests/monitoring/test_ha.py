@@ -27,7 +27,6 @@ from tests.exporter_process import ExporterProcess, plain_worker, running_export
 from tests.monitoring.prometheus import INTERVAL, PrometheusServer, prometheus_process
 from tests.monitoring.promql import MONITORING, RECORDING_RULES, load_yaml
 from tests.support import Broker, WorkerProcess, running_worker, wait_for
-from tests.test_exporter import worker_is_up
 
 HA_CONFIG = MONITORING / "prometheus-ha.yml"
 REPLICAS = ("a", "b")
@@ -136,13 +135,7 @@ def test_two_replicas_and_two_exporters_count_each_task_once_on_the_receiver(
         ):
             exporters = [exporter_1, exporter_2]
             for exporter in exporters:
-                # Heard the evented worker: subscribed to task events before the mix is sent.
-                exporter.wait_for_scrape(worker_is_up(evented), what="the worker's heartbeat")
-                # Learned its queue from it, which labels its tasks.
-                exporter.wait_for_scrape(
-                    lambda s: s.value("celery_queue_length", queue_name=evented.queue) is not None,
-                    what="the worker's queue",
-                )
+                exporter.wait_until_counting(evented)
             with (
                 replica("a", tmp_path / "a", receiver, instrumented, exporters),
                 replica("b", tmp_path / "b", receiver, instrumented, exporters),
