@@ -8,14 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO
-
 
 def export(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "celery_prom.cli", "monitoring", "export", *args],
         cwd=cwd,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
