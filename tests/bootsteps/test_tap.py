@@ -136,6 +136,7 @@ def test_mix_is_counted_exactly_on_redis(
         assert scrape.value("celery_worker_pool_processes", hostname=worker.hostname) == concurrency
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("pool", "concurrency"), [POOLS[0], POOLS[2]])
 def test_mix_is_counted_exactly_on_rabbitmq(
     amqp_broker: Broker,
