@@ -23,6 +23,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -37,18 +38,20 @@ from prometheus_client.exposition import generate_latest
 from celery_prom.exposition import TaskExposition
 from celery_prom.store import RECEIVED, TaskStore
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script: next to exporter_events, and tests.support from the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import (  # benchmarks run as scripts, next to this module
-    PYTHON,
+from exporter_events import envelope, run_flood
+
+from tests.support import (
     REPO,
+    exporter_command,
     free_port,
     metric_sum,
     private_redis,
-    stop,
-    wait_until,
+    stop_process,
+    wait_for,
 )
-from exporter_events import envelope, run_flood
 
 RUNS = 5
 
@@ -219,31 +222,20 @@ def flood_counted(
 
 def end_to_end(names: int, workers: int, flood_rate: int, seconds: float) -> dict[str, object]:
     result: dict[str, object] = {}
-    with private_redis() as server:
+    with tempfile.TemporaryDirectory() as workdir, private_redis(Path(workdir)) as server:
         redis_port = server.port
         port = free_port()
-        command = [
-            PYTHON,
-            "-m",
-            "celery_prom.cli",
-            "exporter",
-            "--broker-url",
-            f"redis://127.0.0.1:{redis_port}/0",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "WARNING",
-        ]
+        command = exporter_command(server.url, port, "--log-level", "WARNING")
         exporter = subprocess.Popen(command, cwd=REPO)
         try:
-            wait_until(lambda: metric_sum(port, "celery_prom_broker_up") == 1, 60, "exporter")
+            wait_for(
+                lambda: metric_sum(port, "celery_prom_broker_up") == 1, timeout=60, what="exporter"
+            )
             sent = feed_series(redis_port, names, workers)
-            wait_until(
+            wait_for(
                 lambda: metric_sum(port, "celery_prom_events_received_total") == sent,
-                300,
-                f"{sent} events counted",
+                timeout=300,
+                what=f"{sent} events counted",
             )
             plain = timed(lambda: scrape_once(port, gzip=False))
             gzipped = timed(lambda: scrape_once(port, gzip=True))
@@ -274,7 +266,7 @@ def end_to_end(names: int, workers: int, flood_rate: int, seconds: float) -> dic
                 f"{describe(scraper.durations)}"
             )
         finally:
-            stop(exporter)
+            stop_process(exporter)
     return result
 
 

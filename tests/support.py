@@ -1,11 +1,17 @@
-"""Helpers shared by the tests: real brokers, worker subprocesses, scraping, polling."""
+"""Helpers shared by the tests and the benchmarks: real brokers, worker and exporter
+subprocesses, scraping, polling.
+
+The benchmarks import this module as ``tests.support`` (with the repository on their
+``sys.path``), so it imports nothing but the package's own dependencies: no pytest.
+"""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import os
-import signal
+import re
 import socket
 import subprocess
 import sys
@@ -115,22 +121,45 @@ def try_scrape(port: int) -> Scrape | None:
         return None
 
 
-@dataclass
-class WorkerProcess:
-    """A ``celery worker`` subprocess running the test app with the bootstep."""
+def metric_sum(port: int, name: str) -> float | None:
+    """Sum of every sample called ``name`` on a /metrics page, None if unreachable.
 
-    name: str
-    queue: str
+    A regular expression rather than ``Scrape``'s full parse: for pages of up to 100 MB,
+    polled while the process serving them is being measured.
+    """
+    try:
+        text = http_get(f"http://127.0.0.1:{port}/metrics", timeout=60)
+    except OSError:
+        return None
+    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}\n]*}})? (\S+)$", re.MULTILINE)
+    return sum(float(match.group(1)) for match in pattern.finditer(text))
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout``; its exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return process.returncode
+
+
+@dataclass
+class ServingProcess(abc.ABC):
+    """A subprocess answering HTTP on ``port`` (workers and exporters: /metrics), its output
+    going to ``log``."""
+
     port: int
     process: subprocess.Popen[bytes]
     log: Path
 
     @property
-    def hostname(self) -> str:
-        return f"{self.name}@{socket.gethostname()}"
-
-    def scrape(self) -> Scrape:
-        return scrape(self.port)
+    @abc.abstractmethod
+    def title(self) -> str:
+        """What it is, for messages."""
 
     def wait_for_scrape(
         self, probe: Callable[[Scrape], bool], timeout: float = 30.0, what: str = "metrics"
@@ -140,11 +169,13 @@ class WorkerProcess:
             current = try_scrape(self.port)
             return current if current is not None and probe(current) else None
 
-        return wait_for(check, timeout=timeout, what=f"{what} on {self.name}")
+        return wait_for(check, timeout=timeout, what=f"{what} on {self.title}")
 
     def assert_alive(self) -> None:
         if self.process.poll() is not None:
-            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output()}")
+            raise AssertionError(
+                f"{self.title} exited with {self.process.returncode}:\n{self.output()}"
+            )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -153,16 +184,27 @@ class WorkerProcess:
         return stop_process(self.process, timeout)
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float) -> int:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; its exit status."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    return process.returncode
+@dataclass
+class WorkerProcess(ServingProcess):
+    """A ``celery worker`` subprocess running the test app with the bootstep."""
+
+    name: str
+    queue: str
+
+    @property
+    def title(self) -> str:
+        return f"worker {self.name}"
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@{socket.gethostname()}"
+
+    def scrape(self) -> Scrape:
+        return scrape(self.port)
+
+    def is_ready(self) -> bool:
+        self.assert_alive()
+        return "ready." in self.output()
 
 
 def app_env(broker: Broker, queue: str, **extra: str) -> dict[str, str]:
@@ -175,6 +217,55 @@ def app_env(broker: Broker, queue: str, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def worker_command(
+    queue: str,
+    *,
+    name: str,
+    pool: str = "prefork",
+    concurrency: int = 2,
+    app_module: str = "cptest_tasks",
+    loglevel: str = "INFO",
+    extra_args: tuple[str, ...] = (),
+) -> list[str]:
+    """``celery -A app_module worker`` consuming ``queue`` only, without mingle."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app_module,
+        "worker",
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "-Q",
+        queue,
+        "-n",
+        f"{name}@%h",
+        f"--loglevel={loglevel}",
+        "--without-mingle",
+        *extra_args,
+    ]
+
+
+def exporter_command(broker_url: str, port: int, *args: str) -> list[str]:
+    """``celery-prom exporter`` of ``broker_url``, serving on 127.0.0.1:``port``."""
+    return [
+        sys.executable,
+        "-m",
+        "celery_prom.cli",
+        "exporter",
+        "--broker-url",
+        broker_url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+    ]
 
 
 def start_worker(
@@ -196,25 +287,14 @@ def start_worker(
     name = unique("w")
     port = free_port() if port is None else port
     log = tmp_path / f"{name}.log"
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        app_module,
-        "worker",
-        "-P",
-        pool,
-        "-c",
-        str(concurrency),
-        "-Q",
+    args = worker_command(
         queue,
-        "-n",
-        f"{name}@%h",
-        "--loglevel=INFO",
-        "--without-mingle",
-        *extra_args,
-    ]
+        name=name,
+        pool=pool,
+        concurrency=concurrency,
+        app_module=app_module,
+        extra_args=extra_args,
+    )
     # Through the environment, which works however the app added the bootstep.
     worker_env = {"CELERY_PROM_PORT": str(port), "CELERY_PROM_HOST": "127.0.0.1", **(env or {})}
     with log.open("wb") as out:
@@ -225,14 +305,11 @@ def start_worker(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    worker = WorkerProcess(name, queue, port, process, log)
+    worker = WorkerProcess(port, process, log, name=name, queue=queue)
     if wait:
         try:
             worker.wait_for_scrape(lambda s: True, what="the endpoint to answer")
-            wait_for(
-                lambda: "ready." in worker.output() or worker.assert_alive(),
-                what=f"{name} to be ready",
-            )
+            wait_for(worker.is_ready, what=f"{name} to be ready")
         except BaseException:
             # The caller never gets the worker, so nobody else could stop it.
             worker.stop()
@@ -261,11 +338,12 @@ def load_test_app(broker: Broker, queue: str) -> Any:
 
 
 class RedisServer:
-    """A private ``redis-server`` on a free port, for tests that stop, freeze or restart it."""
+    """A private ``redis-server`` on a free port with stock settings, for tests and
+    benchmarks that stop, freeze or restart it (on the same port)."""
 
-    def __init__(self, tmp_path: Path, *extra_args: str) -> None:
+    def __init__(self, directory: Path, *extra_args: str) -> None:
         self.port = free_port()
-        self.dir = tmp_path / f"redis-{self.port}"
+        self.dir = directory / f"redis-{self.port}"
         self.dir.mkdir()
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
@@ -318,8 +396,8 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def private_redis(tmp_path: Path, *args: str, start: bool = True) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, *args)
+def private_redis(directory: Path, *args: str, start: bool = True) -> Iterator[RedisServer]:
+    server = RedisServer(directory, *args)
     if start:
         server.start()
     try:

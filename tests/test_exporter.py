@@ -38,7 +38,6 @@ from tests.support import (
     http_get,
     private_redis,
     promtool_check_metrics,
-    scrape,
     unique,
 )
 
@@ -112,7 +111,7 @@ def test_an_instrumented_worker_is_not_counted_twice(
             what="15 task events skipped",
         )
         assert result.total("celery_task_received_total", hostname=worker.hostname) == 0
-        own = scrape(_worker_port(worker))
+        own = worker.scrape()
         assert (
             own.value(
                 "celery_task_succeeded_total",
@@ -141,12 +140,6 @@ def task_counts(result: Scrape, worker: WorkerProcess) -> dict[str, dict[str, ob
             },
         }
     return counts
-
-
-def _worker_port(worker: WorkerProcess) -> int:
-    command = worker.process.args
-    assert isinstance(command, list)
-    return int(command[command.index("--prom-port") + 1])
 
 
 # -- broker faults -------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_the_worker_runs_every_task_whatever_part_of_celery_prom_fails(
     with running_worker(
         redis_broker, tmp_path, pool=pool, app_module="cptest_faults", env=env, wait=False
     ) as worker:
-        wait_for(lambda: "ready." in worker.output() or worker.assert_alive(), what="ready")
+        wait_for(worker.is_ready, what="ready")
         ids = _send_batch(redis_broker, worker.queue)
         wait_for(
             lambda: _finished(worker, ids) == len(ids) or worker.assert_alive(),

@@ -7,7 +7,6 @@ import json
 import socket
 import ssl
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from tests.support import (
     running_worker,
     unique,
     wait_for,
+    worker_command,
 )
 
 
@@ -39,10 +39,11 @@ def run_worker_command(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """A worker that is expected to refuse to start."""
+    queue = unique("q")
     return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "cptest_tasks", "worker", "-P", "solo", *args],
+        worker_command(queue, name=unique("w"), pool="solo", concurrency=1, extra_args=args),
         cwd=REPO,
-        env=app_env(broker, unique("q"), **(env or {})),
+        env=app_env(broker, queue, **(env or {})),
         capture_output=True,
         text=True,
         timeout=60,
@@ -180,7 +181,7 @@ def test_port_zero_on_the_command_line_turns_the_endpoint_off(
     with running_worker(
         redis_broker, tmp_path, pool="solo", port=port, wait=False, extra_args=("--prom-port", "0")
     ) as worker:
-        wait_for(lambda: "ready." in worker.output(), what="the worker to be ready")
+        wait_for(worker.is_ready, what="the worker to be ready")
 
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -340,7 +341,7 @@ def test_a_worker_serves_tls_with_basic_auth(redis_broker: Broker, tmp_path: Pat
         wait=False,
         extra_args=("--prom-web-config", str(web_config)),
     ) as worker:
-        wait_for(lambda: "ready." in worker.output(), what="the worker to be ready")
+        wait_for(worker.is_ready, what="the worker to be ready")
         assert get({}) == 401
         assert get({"Authorization": f"Basic {credentials}"}) == 200
 
