@@ -34,6 +34,19 @@ REDIS_PORT = 6379
 #: The tests' own Redis database; every run also gets a key prefix of its own.
 REDIS_DB = 11
 AMQP_HOST = "127.0.0.1:5672"
+#: Every ``multiprocess_mode`` of prometheus_client's Gauge.
+GAUGE_MODES = (
+    "all",
+    "liveall",
+    "sum",
+    "livesum",
+    "max",
+    "livemax",
+    "min",
+    "livemin",
+    "mostrecent",
+    "livemostrecent",
+)
 
 T = TypeVar("T")
 
@@ -102,6 +115,15 @@ class Scrape:
 
     def series(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
         return {labels: value for (sample, labels), value in self.samples.items() if sample == name}
+
+    def by_label(self, name: str, label: str, /, **labels: str) -> dict[str, float]:
+        """The series of ``name`` whose labels include ``labels``, keyed by ``label``."""
+        wanted = set(labels.items())
+        return {
+            dict(series)[label]: value
+            for series, value in self.series(name).items()
+            if wanted <= series
+        }
 
 
 def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> str:

@@ -21,7 +21,7 @@ from celery_prom.recorder import Recorder
 from celery_prom.store import TaskStore
 from celery_prom.workers import WorkerLiveness
 from tests.exporter_process import RawEvents, event, hostname, kombu_envelope, running_exporter_for
-from tests.support import Broker, Scrape
+from tests.support import Broker
 
 
 class KnownQueues:
@@ -275,7 +275,7 @@ def test_malformed_events_are_dropped_and_later_events_counted_exactly(
             what=f"{expected_received} events",
         )
         raw.close()
-    assert dropped(result) == drops
+    assert result.by_label("celery_prom_events_dropped_total", "reason") == drops
     labels = {"name": "demo.ok", "hostname": host, "queue_name": "celery"}
     assert [
         result.value(f"celery_task_{kind}_total", **labels)
@@ -283,10 +283,3 @@ def test_malformed_events_are_dropped_and_later_events_counted_exactly(
     ] == [3, 3, 3]
     assert result.total("celery_task_received_total", hostname=host) == 3
     assert not canary.exists()
-
-
-def dropped(result: Scrape) -> dict[str, float]:
-    return {
-        dict(labels)["reason"]: value
-        for labels, value in result.series("celery_prom_events_dropped_total").items()
-    }

@@ -133,11 +133,7 @@ def task_counts(result: Scrape, worker: WorkerProcess) -> dict[str, dict[str, ob
             "succeeded": result.value("celery_task_succeeded_total", **labels),
             "retried": result.value("celery_task_retried_total", **labels),
             "runtime observations": result.value("celery_task_runtime_seconds_count", **labels),
-            "failures": {
-                dict(series)["exception"]: value
-                for series, value in result.series("celery_task_failed_total").items()
-                if set(labels.items()) <= series
-            },
+            "failures": result.by_label("celery_task_failed_total", "exception", **labels),
         }
     return counts
 

@@ -69,11 +69,7 @@ def assert_counts(scrape: Scrape, worker: WorkerProcess, expected: dict[str, Exp
             "queue-wait observations": scrape.value(
                 "celery_task_queue_wait_seconds_count", **labels
             ),
-            "failures": {
-                dict(series)["exception"]: value
-                for series, value in scrape.series("celery_task_failed_total").items()
-                if set(labels.items()) <= series
-            },
+            "failures": scrape.by_label("celery_task_failed_total", "exception", **labels),
         }
         assert got == {
             "received": want.received,

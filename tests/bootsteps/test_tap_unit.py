@@ -35,6 +35,21 @@ from celery_prom.producer import SENT_AT_HEADER
 from celery_prom.recorder import DEFAULT_QUEUE, RECORDED_MARK
 
 HOST = "w1@host"
+SENT_AT = 1700000000.5
+#: The task-received event of the message ``task_message("t1", "jobs")``, as the recorder
+#: gets it and as it is forwarded.
+RECEIVED_RECORDED = {
+    "hostname": HOST,
+    "type": "task-received",
+    "uuid": "t1",
+    "name": "app.add",
+    "queue": "jobs",
+    "sent_at": SENT_AT,
+}
+RECEIVED_FORWARDED = (
+    "task-received",
+    {"uuid": "t1", "name": "app.add", "queue": "jobs", RECORDED_MARK: True},
+)
 
 
 # -- fakes -----------------------------------------------------------------------------------
@@ -98,7 +113,7 @@ class UnreadableMessage:
 
 
 def task_message(task_id: str = "t1", queue: str = "jobs") -> Message:
-    headers = {"id": task_id, "task": "app.add", SENT_AT_HEADER: 1700000000.5}
+    headers = {"id": task_id, "task": "app.add", SENT_AT_HEADER: SENT_AT}
     return Message(headers, {"routing_key": queue, "exchange": ""})
 
 
@@ -159,7 +174,7 @@ def test_an_arrival_is_known_while_its_message_is_handled_and_forgotten_after() 
         return "handled"
 
     assert arrivals.wrap(handler)(task_message("t1", "jobs")) == "handled"
-    assert seen == [Arrival("app.add", "jobs", 1700000000.5)]
+    assert seen == [Arrival("app.add", "jobs", SENT_AT)]
     assert arrivals.get("t1") is None
 
 
@@ -253,19 +268,8 @@ def test_a_task_event_is_recorded_with_its_arrival_then_forwarded_without_the_ex
 
     assert result == "published"
     assert h.journal == ["recorded task-received", "sent task-received"]
-    assert h.recorder.events == [
-        {
-            "hostname": HOST,
-            "type": "task-received",
-            "uuid": "t1",
-            "name": "app.add",
-            "queue": "jobs",
-            "sent_at": 1700000000.5,
-        }
-    ]
-    assert h.sent == [
-        ("task-received", {"uuid": "t1", "name": "app.add", "queue": "jobs", RECORDED_MARK: True})
-    ]
+    assert h.recorder.events == [RECEIVED_RECORDED]
+    assert h.sent == [RECEIVED_FORWARDED]
 
 
 def test_a_started_event_gets_the_time_and_is_not_looked_up_in_the_message() -> None:
@@ -506,19 +510,8 @@ def test_messages_handled_after_start_are_recorded_with_their_arrival(
 
     consumer.create_task_handler()(task_message("t1", "jobs"))
 
-    assert metrics.recorder.events == [
-        {
-            "hostname": HOST,
-            "type": "task-received",
-            "uuid": "t1",
-            "name": "app.add",
-            "queue": "jobs",
-            "sent_at": 1700000000.5,
-        }
-    ]
-    assert consumer.dispatcher.sent == [
-        ("task-received", {"uuid": "t1", "name": "app.add", "queue": "jobs", RECORDED_MARK: True})
-    ]
+    assert metrics.recorder.events == [RECEIVED_RECORDED]
+    assert consumer.dispatcher.sent == [RECEIVED_FORWARDED]
 
 
 def test_after_start_decode_errors_rejections_and_failures_are_noted(
