@@ -1,4 +1,4 @@
-"""Helpers for exporter tests: the exporter as a subprocess, raw events, private brokers."""
+"""Helpers for exporter tests: the exporter as a subprocess, raw events, workers sending events."""
 
 from __future__ import annotations
 
