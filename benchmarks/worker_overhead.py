@@ -52,6 +52,7 @@ from tests.support import (
     Broker,
     app_env,
     free_port,
+    stop_process,
     try_scrape,
     unique,
     wait_for,
@@ -162,7 +163,7 @@ def start_worker(
 
 
 def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Run:
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    queue = unique("bench")
     preload(client, queue, tasks)
     worker, port = start_worker(config, queue, logdir / f"{config}-{queue}.log")
     try:
@@ -179,8 +180,7 @@ def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Run:
             pool_cpu=(pool_end - pool_start) / measured * 1e6,
         )
     finally:
-        worker.terminate()
-        worker.wait(60)
+        stop_process(worker, 60)
         client.delete(PREFIX + queue)
 
 
@@ -190,7 +190,7 @@ def count_instructions(client: redis.Redis, config: str, tasks: int, logdir: Pat
     Counting is switched on when 90 % of the queue is left and off at 30 % (under valgrind
     the worker is slow, so the window is shorter than the throughput run's).
     """
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    queue = unique("bench")
     preload(client, queue, tasks)
     profile = logdir / f"{config}-{queue}.callgrind"
     wrapper = (
@@ -206,8 +206,7 @@ def count_instructions(client: redis.Redis, config: str, tasks: int, logdir: Pat
         _time_when_below(client, queue, 0.3 * tasks)
         last = _switch_counting(worker.pid, "off", client, queue)
     finally:
-        worker.terminate()
-        worker.wait(300)
+        stop_process(worker, 300)  # callgrind writes the counts as the worker exits
         client.delete(PREFIX + queue)
     # The children, forked from it, write their own files; the main process's has its pid.
     totals = re.search(r"^totals: (\d+)", Path(f"{profile}.{worker.pid}").read_text(), re.M)

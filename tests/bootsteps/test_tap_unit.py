@@ -465,6 +465,17 @@ def step_for() -> Iterator[Callable[[Consumer], TaskEventTap]]:
 
 
 @pytest.fixture
+def started(
+    metrics: Metrics, step_for: Callable[[Consumer], TaskEventTap]
+) -> tuple[Consumer, TaskEventTap]:
+    """A consumer, and the tap step started on it."""
+    consumer = Consumer(metrics)
+    step = step_for(consumer)
+    step.start(consumer)
+    return consumer, step
+
+
+@pytest.fixture
 def reserved_request() -> Iterator[Request]:
     """A request the worker holds from before a reconnect."""
     request = Request()
@@ -503,10 +514,9 @@ def test_start_puts_the_tap_between_the_consumer_and_its_dispatcher(
 
 
 def test_messages_handled_after_start_are_recorded_with_their_arrival(
-    metrics: Metrics, step_for: Callable[[Consumer], TaskEventTap]
+    metrics: Metrics, started: tuple[Consumer, TaskEventTap]
 ) -> None:
-    consumer = Consumer(metrics)
-    step_for(consumer).start(consumer)
+    consumer, _ = started
 
     consumer.create_task_handler()(task_message("t1", "jobs"))
 
@@ -515,11 +525,9 @@ def test_messages_handled_after_start_are_recorded_with_their_arrival(
 
 
 def test_after_start_decode_errors_rejections_and_failures_are_noted(
-    metrics: Metrics, step_for: Callable[[Consumer], TaskEventTap]
+    metrics: Metrics, started: tuple[Consumer, TaskEventTap]
 ) -> None:
-    consumer = Consumer(metrics)
-    step = step_for(consumer)
-    step.start(consumer)
+    consumer, step = started
     message = Message({})
 
     consumer.on_decode_error(message, ValueError("not json"))
@@ -531,11 +539,9 @@ def test_after_start_decode_errors_rejections_and_failures_are_noted(
 
 
 def test_stop_gives_the_consumer_back_what_start_replaced(
-    metrics: Metrics, step_for: Callable[[Consumer], TaskEventTap]
+    metrics: Metrics, started: tuple[Consumer, TaskEventTap]
 ) -> None:
-    consumer = Consumer(metrics)
-    step = step_for(consumer)
-    step.start(consumer)
+    consumer, step = started
 
     step.stop(consumer)
 
