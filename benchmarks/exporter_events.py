@@ -39,8 +39,9 @@ from celery import Celery
 from prometheus_client import Counter, start_http_server
 
 from celery_prom.config import ExporterSettings
-from celery_prom.events import KombuEventStream
-from celery_prom.exporter import EventReceiver, Exporter
+from celery_prom.exporter.receiver import EventReceiver
+from celery_prom.exporter.service import Exporter
+from celery_prom.exporter.streams import KombuEventStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

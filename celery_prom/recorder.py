@@ -49,7 +49,7 @@ DROP_EVICTED = "evicted"  # an unfinished task forgotten to keep memory bounded
 DROP_RECORDED_BY_WORKER = "recorded_by_worker"  # counted by the worker's own bootstep
 DROP_UNDECODABLE = "undecodable"  # not a JSON event message (bad JSON, pickle, bad encoding)
 DROP_OFFLINE_WORKER = "offline_worker"  # a late event of a worker already purged
-DROP_LOST = "lost"  # sent while the exporter was disconnected (estimated, see events.py)
+DROP_LOST = "lost"  # sent while the exporter was disconnected (estimated, see exporter/losses.py)
 DROP_TOO_MANY_WORKERS = "too_many_workers"  # a new hostname past the hostname cap
 
 _CLASS_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\(")

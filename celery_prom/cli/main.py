@@ -32,7 +32,7 @@ from celery_prom.config import (
     Source,
     mask_secrets,
 )
-from celery_prom.exporter import Exporter
+from celery_prom.exporter.service import Exporter
 
 USAGE_ERROR = 2
 CANNOT_LISTEN = 1

@@ -24,7 +24,7 @@ from kombu import Connection
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from celery_prom import metrics
-from celery_prom.broker import (
+from celery_prom.exporter.broker import (
     BoundedCall,
     BrokerStatus,
     close_connection,

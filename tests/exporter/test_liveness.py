@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import gc
+import signal
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from celery_prom.exporter.liveness import Clock, WorkerLiveness
 from celery_prom.recorder import Recorder
 from celery_prom.store import TaskStore
-from celery_prom.workers import Clock, WorkerLiveness
-from tests.exporter_process import RawEvents, event, hostname, running_exporter_for
-from tests.support import Broker, Scrape
+from tests.exporter_process import RawEvents, event, hostname, plain_worker, running_exporter_for
+from tests.support import Broker, Scrape, WorkerProcess
 
 
 class FakeClock(Clock):
@@ -226,3 +228,27 @@ def test_memory_stays_flat_while_thousands_of_workers_come_and_go() -> None:
 
     assert store.versions() == []
     assert after - settled < 64 * 1024, f"grew by {after - settled} bytes over 8,000 workers"
+
+
+def worker_is_up(worker: WorkerProcess) -> Callable[[Scrape], bool]:
+    return lambda s: s.value("celery_worker_up", hostname=worker.hostname) == 1
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_down_within_the_worker_timeout(
+    own_redis_broker: Broker, tmp_path: Path
+) -> None:
+    with (
+        plain_worker(own_redis_broker, tmp_path) as worker,
+        running_exporter_for(own_redis_broker, tmp_path, "--worker-timeout", "5") as exporter,
+    ):
+        exporter.wait_for_scrape(worker_is_up(worker), what="the worker's heartbeat")
+        killed_at = time.monotonic()
+        worker.process.send_signal(signal.SIGKILL)  # no worker-offline event: just silence
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_worker_up", hostname=worker.hostname) == 0,
+            timeout=20,
+            what="the killed worker to be down",
+        )
+        # Down no sooner than the timeout after its last heartbeat (sent every 2 s).
+        assert time.monotonic() - killed_at >= 5 - 2

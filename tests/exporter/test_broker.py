@@ -10,7 +10,7 @@ from kombu import Connection
 from kombu.transport.redis import SentinelTransport
 from prometheus_client import CollectorRegistry
 
-from celery_prom.broker import (
+from celery_prom.exporter.broker import (
     BoundedCall,
     BrokerStatus,
     BrokerTimeout,
