@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import click
 from kombu.transport import TRANSPORT_ALIASES
 
 from celery_prom import metrics
@@ -40,6 +41,16 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message is fit to show the user as is."""
+
+
+class OptionError(click.ClickException):
+    """A bad option value: printed as ``Error: <message>``, exit status 2.
+
+    Unlike ``click.UsageError`` it never prints the usage block, so the error is one line
+    even when raised from inside a running command (such as ``celery worker``).
+    """
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ from prometheus_client.metrics_core import Metric
 from celery_prom import faults
 from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
 from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
-from celery_prom.cli.errors import OptionError
-from celery_prom.config import ConfigError, Source, WorkerSettings
+from celery_prom.config import ConfigError, OptionError, Source, WorkerSettings
 from celery_prom.exposition import TaskExposition, render_registry
 from celery_prom.faults import ContainedCollector, Faults
 from celery_prom.http import Endpoint, HealthReport, MetricsServer

@@ -1,15 +1,11 @@
-"""Errors as the command line shows them: one line, no traceback."""
+"""Errors as the command line shows them: one line, no traceback.
+
+``OptionError`` lives in the core (``celery_prom.config``), where the worker's step raises it
+too; the command line imports it from here.
+"""
 
 from __future__ import annotations
 
-import click
+from celery_prom.config import OptionError
 
-
-class OptionError(click.ClickException):
-    """A bad option value: printed as ``Error: <message>``, exit status 2.
-
-    Unlike ``click.UsageError`` it never prints the usage block, so the error is one line
-    even when raised from inside a running command (such as ``celery worker``).
-    """
-
-    exit_code = 2
+__all__ = ["OptionError"]
