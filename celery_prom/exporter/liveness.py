@@ -25,13 +25,9 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from celery_prom import metrics
+from celery_prom.exporter.dropped import DROP_OFFLINE_WORKER, DROP_TOO_MANY_WORKERS
 from celery_prom.metrics import new_family
-from celery_prom.recorder import (
-    DROP_INVALID_FIELD,
-    DROP_MALFORMED,
-    DROP_OFFLINE_WORKER,
-    DROP_TOO_MANY_WORKERS,
-)
+from celery_prom.recorder import DROP_INVALID_FIELD, DROP_MALFORMED
 
 #: Purged workers remembered, so that their late events stay dropped.
 MAX_TOMBSTONES = 10_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from celery_prom.recorder import Recorder
+from celery_prom.exporter.dropped import DroppedEvents
 
 
 class LossEstimator:
@@ -19,8 +19,8 @@ class LossEstimator:
     connection are not counted, since nothing is lost while connected.
     """
 
-    def __init__(self, recorder: Recorder, max_senders: int = 10_000) -> None:
-        self._recorder = recorder
+    def __init__(self, dropped: DroppedEvents, max_senders: int = 10_000) -> None:
+        self._dropped = dropped
         self._max_senders = max_senders
         self._last: dict[str, tuple[int, int]] = {}
         self._epoch = 0
@@ -41,7 +41,7 @@ class LossEstimator:
         with self._lock:
             lost = self._advance(hostname, clock)
         if lost:
-            self._recorder.count_lost(lost)
+            self._dropped.lost(lost)
 
     def _advance(self, hostname: str, clock: int) -> int:
         """Record a sender's clock; the events it sent that never arrived."""

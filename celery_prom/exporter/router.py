@@ -11,17 +11,15 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from celery_prom.exporter.decoding import Undecodable, decode_body, decode_kombu_envelope
-from celery_prom.exporter.liveness import WORKER_EVENTS, WorkerLiveness
-from celery_prom.exporter.losses import LossEstimator
-from celery_prom.recorder import (
-    DROP_MALFORMED,
+from celery_prom.exporter.dropped import (
     DROP_OFFLINE_WORKER,
     DROP_RECORDED_BY_WORKER,
     DROP_UNDECODABLE,
-    DROP_UNKNOWN_TYPE,
-    RECORDED_MARK,
-    Recorder,
+    DroppedEvents,
 )
+from celery_prom.exporter.liveness import WORKER_EVENTS, WorkerLiveness
+from celery_prom.exporter.losses import LossEstimator
+from celery_prom.recorder import DROP_MALFORMED, DROP_UNKNOWN_TYPE, RECORDED_MARK, Recorder
 
 
 class WorkerQueues(Protocol):
@@ -38,11 +36,13 @@ class EventRouter:
     def __init__(
         self,
         recorder: Recorder,
+        dropped: DroppedEvents,
         liveness: WorkerLiveness,
         losses: LossEstimator,
         queues: WorkerQueues,
     ) -> None:
         self._recorder = recorder
+        self._dropped = dropped
         self._liveness = liveness
         self._losses = losses
         self._queues = queues
@@ -51,7 +51,7 @@ class EventRouter:
         try:
             body = decode_kombu_envelope(payload)
         except Undecodable:
-            self._recorder.skip(DROP_UNDECODABLE)
+            self._dropped.drop(DROP_UNDECODABLE)
             return
         self.route(body)
 
@@ -59,7 +59,7 @@ class EventRouter:
         try:
             decoded = decode_body(body, content_type)
         except Undecodable:
-            self._recorder.skip(DROP_UNDECODABLE)
+            self._dropped.drop(DROP_UNDECODABLE)
             return
         self.route(decoded)
 
@@ -73,19 +73,19 @@ class EventRouter:
 
     def _route_one(self, event: object) -> None:
         if not isinstance(event, dict):
-            self._recorder.skip(DROP_MALFORMED)
+            self._dropped.drop(DROP_MALFORMED)
             return
         event_type = event.get("type")
         if not isinstance(event_type, str):
-            self._recorder.skip(DROP_MALFORMED)
+            self._dropped.drop(DROP_MALFORMED)
             return
         hostname = event.get("hostname")
         self._losses.observe(hostname, event.get("clock"))
         if event_type.startswith("task-"):
             if event.get(RECORDED_MARK):
-                self._recorder.skip(DROP_RECORDED_BY_WORKER)
+                self._dropped.drop(DROP_RECORDED_BY_WORKER)
             elif not self._liveness.accepts(hostname):
-                self._recorder.skip(DROP_OFFLINE_WORKER)
+                self._dropped.drop(DROP_OFFLINE_WORKER)
             else:
                 if event_type == "task-received":
                     self._complete_received(event)
@@ -94,11 +94,11 @@ class EventRouter:
             reason = self._liveness.observe(event)
             if reason is None:
                 self._queues.notice(event["hostname"])
-                self._recorder.count_received()
+                self._dropped.received()
             else:
-                self._recorder.skip(reason)
+                self._dropped.drop(reason)
         else:
-            self._recorder.skip(DROP_UNKNOWN_TYPE)
+            self._dropped.drop(DROP_UNKNOWN_TYPE)
 
     def _complete_received(self, event: dict[str, Any]) -> None:
         # Celery's task-received names no queue (the worker tap adds it); datetimes come

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from celery_prom.config import ExporterSettings
 from celery_prom.exporter.broker import BoundedCall, BrokerStatus, describe_error, transport_kind
 from celery_prom.exporter.collectors import TimedCollectors
+from celery_prom.exporter.dropped import DroppedEvents
 from celery_prom.exporter.liveness import WorkerLiveness
 from celery_prom.exporter.losses import LossEstimator
 from celery_prom.exporter.queues import (
@@ -45,7 +46,8 @@ class Exporter:
             settings.runtime_buckets, settings.queue_wait_buckets, settings.limits
         )
         self.recorder = Recorder(self.store)
-        self.losses = LossEstimator(self.recorder)
+        self.dropped = DroppedEvents(self.recorder)
+        self.losses = LossEstimator(self.dropped)
         self.liveness = WorkerLiveness(
             settings.worker_timeout,
             settings.purge_offline_after,
@@ -58,7 +60,9 @@ class Exporter:
         self._events_from_redis = RedisEventStream.reads(driver, transport)
         self.queue_names = QueueNames(settings.queues, settings.limits.queues)
         self.discovery = QueueDiscovery(self.app, self.queue_names)
-        self.router = EventRouter(self.recorder, self.liveness, self.losses, self.discovery)
+        self.router = EventRouter(
+            self.recorder, self.dropped, self.liveness, self.losses, self.discovery
+        )
         self.receiver = EventReceiver(
             self._new_stream,
             self.status,
@@ -142,7 +146,7 @@ class Exporter:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(TimedCollectors({"queues": queues, "workers": self.liveness}))
         registry.register(self.status)
-        registry.register(self.recorder)
+        registry.register(self.dropped)
         registry.register(LabelOverflowCollector(self.store))
         registry.register(ProcessCollector(registry=None))
         registry.register(PlatformCollector(registry=None))

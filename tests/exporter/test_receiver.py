@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from celery_prom.exporter.broker import BrokerStatus
+from celery_prom.exporter.dropped import DroppedEvents
 from celery_prom.exporter.liveness import WorkerLiveness
 from celery_prom.exporter.losses import LossEstimator
 from celery_prom.exporter.receiver import Backoff, EventReceiver
@@ -178,7 +179,6 @@ class FlakyStream:
 
 def test_the_receiver_retries_until_stopped_and_counts_reconnects() -> None:
     status = BrokerStatus()
-    recorder = Recorder(TaskStore())
     liveness = WorkerLiveness(30, 600, on_purge=lambda host: None)
     receiver: EventReceiver
 
@@ -189,7 +189,7 @@ def test_the_receiver_retries_until_stopped_and_counts_reconnects() -> None:
         new_stream,
         status,
         liveness,
-        LossEstimator(recorder),
+        LossEstimator(DroppedEvents(Recorder(TaskStore()))),
         safe_url="redis://:**@h/0",
         backoff=Backoff(first=0.001, cap=0.002),
     )

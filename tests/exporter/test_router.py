@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from celery_prom.exporter.decoding import MAX_PAYLOAD_BYTES
+from celery_prom.exporter.dropped import DroppedEvents
 from celery_prom.exporter.liveness import WorkerLiveness
 from celery_prom.exporter.losses import LossEstimator
 from celery_prom.exporter.router import EventRouter
-from celery_prom.recorder import Recorder
+from celery_prom.recorder import Recorder, RecorderStats
 from celery_prom.store import TaskStore
 from tests.exporter_process import RawEvents, event, hostname, running_exporter_for
 from tests.support import Broker, Scrape
@@ -31,12 +32,15 @@ class KnownQueues:
         return self.queues.get(hostname) if isinstance(hostname, str) else None
 
 
-def make_router(queues: KnownQueues | None = None) -> tuple[EventRouter, Recorder, TaskStore]:
+def make_router(queues: KnownQueues | None = None) -> tuple[EventRouter, DroppedEvents, TaskStore]:
     store = TaskStore()
     recorder = Recorder(store)
+    dropped = DroppedEvents(recorder)
     liveness = WorkerLiveness(30, 600, on_purge=lambda host: None)
-    router = EventRouter(recorder, liveness, LossEstimator(recorder), queues or KnownQueues())
-    return router, recorder, store
+    router = EventRouter(
+        recorder, dropped, liveness, LossEstimator(dropped), queues or KnownQueues()
+    )
+    return router, dropped, store
 
 
 def received_key(store: TaskStore, name: str, host: str, queue: str) -> int | None:
@@ -45,15 +49,14 @@ def received_key(store: TaskStore, name: str, host: str, queue: str) -> int | No
 
 
 def test_task_events_marked_by_an_instrumented_worker_are_skipped() -> None:
-    router, recorder, store = make_router()
+    router, dropped, store = make_router()
     router.route(event("task-received", "w@h", 1, 1.0, uuid="u", name="t", celery_prom=True))
-    assert recorder.stats.received == 1
-    assert recorder.stats.dropped == {"recorded_by_worker": 1}
+    assert dropped.counts() == RecorderStats(1, {"recorded_by_worker": 1})
     assert store.versions() == []
 
 
 def test_batches_are_routed_event_by_event() -> None:
-    router, recorder, store = make_router()
+    router, dropped, store = make_router()
     router.route(
         [
             event("task-received", "w@h", 1, 1.0, uuid="u", name="t"),
@@ -62,8 +65,7 @@ def test_batches_are_routed_event_by_event() -> None:
             event("task-bogus", "w@h", 2, 1.0, uuid="u"),
         ]
     )
-    assert recorder.stats.received == 4
-    assert recorder.stats.dropped == {"malformed": 2, "unknown_type": 1}
+    assert dropped.counts() == RecorderStats(4, {"malformed": 2, "unknown_type": 1})
     assert received_key(store, "t", "w@h", "celery") == 1
 
 
@@ -79,19 +81,18 @@ def test_task_received_gets_the_queue_of_a_single_queue_worker() -> None:
 
 def test_worker_events_reach_liveness_and_ask_for_the_worker_queues() -> None:
     queues = KnownQueues()
-    router, recorder, _ = make_router(queues)
+    router, dropped, _ = make_router(queues)
     router.route(event("worker-heartbeat", "w@h", 1, 1.0, active=1, processed=2))
     router.route(event("worker-heartbeat", "w@h", 2, 1.0, active="x"))
     assert queues.noticed == ["w@h"]
-    assert recorder.stats.received == 2
-    assert recorder.stats.dropped == {"invalid_field": 1}
+    assert dropped.counts() == RecorderStats(2, {"invalid_field": 1})
 
 
 def test_an_eta_in_kombu_json_encoding_is_understood() -> None:
-    router, recorder, store = make_router()
+    router, dropped, store = make_router()
     eta = {"__type__": "datetime", "__value__": "2030-01-01T00:00:00+00:00"}
     router.route(event("task-received", "w@h", 1, 1.0, uuid="u", name="t", eta=eta))
-    assert recorder.stats.dropped == {}
+    assert dropped.counts().dropped == {}
     assert received_key(store, "t", "w@h", "celery") == 1
 
 
