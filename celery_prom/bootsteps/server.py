@@ -22,7 +22,7 @@ from celery_prom import faults
 from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
 from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
 from celery_prom.config import ConfigError, OptionError, Source, WorkerSettings
-from celery_prom.exposition import TaskExposition, render_registry
+from celery_prom.endpoint import MetricsEndpoint
 from celery_prom.faults import ContainedCollector, Faults
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
 from celery_prom.multiprocess import (
@@ -31,8 +31,7 @@ from celery_prom.multiprocess import (
     configured_directory,
     prometheus_client_is_multiprocess,
 )
-from celery_prom.recorder import Recorder
-from celery_prom.store import LabelOverflowCollector, TaskStore
+from celery_prom.store import LabelOverflowCollector
 from celery_prom.webconfig import WebConfigFile
 
 logger = logging.getLogger(__name__)
@@ -97,42 +96,35 @@ class WorkerMetrics:
         faults: Faults,
     ) -> None:
         self.faults = faults
-        self.store = TaskStore(
-            settings.runtime_buckets, settings.queue_wait_buckets, settings.limits
-        )
-        self.recorder = Recorder(self.store)
+        self.endpoint = MetricsEndpoint(settings)
+        self.recorder = self.endpoint.recorder
         self.invalid_messages = MessageTally()
-        self.exposition = TaskExposition(self.store)
-        self.registry = CollectorRegistry(auto_describe=False)
         for collector in (
             WorkerStateCollector(worker, hostname, self.invalid_messages),
             self.recorder,
-            LabelOverflowCollector(self.store),
+            LabelOverflowCollector(self.endpoint.store),
             user_metrics,
         ):
-            self.registry.register(ContainedCollector(collector, faults))
-        self.registry.register(faults)
+            self.endpoint.registry.register(ContainedCollector(collector, faults))
+        self.endpoint.registry.register(faults)
 
     def render(self, openmetrics: bool) -> str:
         try:
-            tasks = self.exposition.render(openmetrics)
+            return self.endpoint.render(openmetrics)
         except Exception as error:
             self.faults.record(faults.SCRAPE, error)
             raise
-        return tasks + render_registry(self.registry, openmetrics)
 
     def health(self) -> HealthReport:
-        self.render(openmetrics=False)
         errors = self.faults.reasons()
         tap_error = errors.get(faults.TAP_INSTALL)
         checks: dict[str, Any] = {
-            "metrics": "ok",
             "tap": "installed" if tap_error is None else f"not installed: {tap_error}",
         }
         if errors:
             checks["errors"] = errors
         # Without the tap the worker runs unmonitored: its task counts would be false zeros.
-        return HealthReport(tap_error is None, checks)
+        return self.endpoint.health(tap_error is None, checks)
 
 
 def worker_settings(app: Any, cli: Mapping[str, Any], env: Mapping[str, str]) -> WorkerSettings:

@@ -17,7 +17,7 @@ from kombu import Connection
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from celery_prom import metrics
-from celery_prom.config import mask_secrets
+from celery_prom.faults import describe_error
 from celery_prom.metrics import new_family
 
 T = TypeVar("T")
@@ -27,13 +27,6 @@ logger = logging.getLogger(__name__)
 
 class BrokerTimeout(Exception):
     """The broker did not answer in time."""
-
-
-def describe_error(exc: BaseException) -> str:
-    """A one-line description of a broker error, with URL passwords masked."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    return mask_secrets(f"{name}: {text}" if text else name)
 
 
 def close_connection(connection: Connection) -> None:

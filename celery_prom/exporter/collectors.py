@@ -10,7 +10,7 @@ from typing import Protocol
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from celery_prom import metrics
-from celery_prom.exporter.broker import describe_error
+from celery_prom.faults import describe_error
 from celery_prom.metrics import new_family
 
 logger = logging.getLogger(__name__)

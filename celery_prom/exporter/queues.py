@@ -24,12 +24,8 @@ from kombu import Connection
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from celery_prom import metrics
-from celery_prom.exporter.broker import (
-    BoundedCall,
-    BrokerStatus,
-    close_connection,
-    describe_error,
-)
+from celery_prom.exporter.broker import BoundedCall, BrokerStatus, close_connection
+from celery_prom.faults import describe_error
 from celery_prom.metrics import new_family
 
 logger = logging.getLogger(__name__)

@@ -14,10 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from celery_prom.exporter.broker import BrokerStatus, describe_error
+from celery_prom.exporter.broker import BrokerStatus
 from celery_prom.exporter.liveness import WorkerLiveness
 from celery_prom.exporter.losses import LossEstimator
 from celery_prom.exporter.streams import EventStream
+from celery_prom.faults import describe_error
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,11 @@ import logging
 from typing import Any
 
 from celery import Celery
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import PlatformCollector, ProcessCollector
 
 from celery_prom.config import ExporterSettings
-from celery_prom.exporter.broker import BoundedCall, BrokerStatus, describe_error, transport_kind
+from celery_prom.endpoint import MetricsEndpoint
+from celery_prom.exporter.broker import BoundedCall, BrokerStatus, transport_kind
 from celery_prom.exporter.collectors import TimedCollectors
 from celery_prom.exporter.dropped import DroppedEvents
 from celery_prom.exporter.liveness import WorkerLiveness
@@ -27,10 +28,8 @@ from celery_prom.exporter.queues import (
 from celery_prom.exporter.receiver import EventReceiver
 from celery_prom.exporter.router import EventRouter
 from celery_prom.exporter.streams import EventStream, KombuEventStream, RedisEventStream
-from celery_prom.exposition import TaskExposition, render_registry
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
-from celery_prom.recorder import Recorder
-from celery_prom.store import LabelOverflowCollector, TaskStore
+from celery_prom.store import LabelOverflowCollector
 from celery_prom.webconfig import WebConfigFile
 
 logger = logging.getLogger(__name__)
@@ -42,11 +41,8 @@ class Exporter:
     def __init__(self, settings: ExporterSettings, app: Any = None) -> None:
         self.settings = settings
         self.app = app if app is not None else _bare_app(settings)
-        self.store = TaskStore(
-            settings.runtime_buckets, settings.queue_wait_buckets, settings.limits
-        )
-        self.recorder = Recorder(self.store)
-        self.dropped = DroppedEvents(self.recorder)
+        self.endpoint = MetricsEndpoint(settings)
+        self.dropped = DroppedEvents(self.endpoint.recorder)
         self.losses = LossEstimator(self.dropped)
         self.liveness = WorkerLiveness(
             settings.worker_timeout,
@@ -61,7 +57,7 @@ class Exporter:
         self.queue_names = QueueNames(settings.queues, settings.limits.queues)
         self.discovery = QueueDiscovery(self.app, self.queue_names)
         self.router = EventRouter(
-            self.recorder, self.dropped, self.liveness, self.losses, self.discovery
+            self.endpoint.recorder, self.dropped, self.liveness, self.losses, self.discovery
         )
         self.receiver = EventReceiver(
             self._new_stream,
@@ -70,8 +66,7 @@ class Exporter:
             self.losses,
             safe_url=settings.safe_broker_url,
         )
-        self.exposition = TaskExposition(self.store)
-        self.registry = self._registry(driver)
+        self._register_collectors(driver)
         self.server: MetricsServer | None = None
 
     def bind(self) -> None:
@@ -84,7 +79,9 @@ class Exporter:
             self.settings.host,
             self.settings.port,
             Endpoint(
-                title="celery-prom exporter", render_metrics=self.render, check_health=self.health
+                title="celery-prom exporter",
+                render_metrics=self.endpoint.render,
+                check_health=self.health,
             ),
             web_config,
         )
@@ -111,24 +108,18 @@ class Exporter:
     def stop(self) -> None:
         self.receiver.stop()
 
-    def render(self, openmetrics: bool) -> str:
-        return self.exposition.render(openmetrics) + render_registry(self.registry, openmetrics)
-
     def health(self) -> HealthReport:
-        checks: dict[str, Any] = {"broker_url": self.settings.safe_broker_url}
-        try:
-            self.render(openmetrics=False)
-        except Exception as exc:  # noqa: BLE001 - /health reports it, never fails itself
-            checks["metrics"] = describe_error(exc)
-            return HealthReport(False, checks)
-        checks["metrics"] = "ok"
+        """The broker as last seen by the receiver and the last scrape; asks nobody."""
         up = self.status.up
-        checks["broker"] = "up" if up else "down"
+        checks: dict[str, Any] = {
+            "broker_url": self.settings.safe_broker_url,
+            "broker": "up" if up else "down",
+        }
         if not up:
             checks["broker_error"] = self.status.error
-        return HealthReport(up, checks)
+        return self.endpoint.health(up, checks)
 
-    def _registry(self, driver: str) -> CollectorRegistry:
+    def _register_collectors(self, driver: str) -> None:
         settings = self.settings
         probe = probe_for(
             driver,
@@ -143,14 +134,15 @@ class Exporter:
             self.status,
             BoundedCall[list[QueueSize]](settings.broker_timeout, "celery-prom-queue-query"),
         )
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(TimedCollectors({"queues": queues, "workers": self.liveness}))
-        registry.register(self.status)
-        registry.register(self.dropped)
-        registry.register(LabelOverflowCollector(self.store))
-        registry.register(ProcessCollector(registry=None))
-        registry.register(PlatformCollector(registry=None))
-        return registry
+        for collector in (
+            TimedCollectors({"queues": queues, "workers": self.liveness}),
+            self.status,
+            self.dropped,
+            LabelOverflowCollector(self.endpoint.store),
+            ProcessCollector(registry=None),
+            PlatformCollector(registry=None),
+        ):
+            self.endpoint.registry.register(collector)
 
     def _new_stream(self) -> EventStream:
         settings = self.settings
@@ -171,8 +163,8 @@ class Exporter:
         )
 
     def _forget_worker(self, hostname: str) -> None:
-        self.store.forget_hostname(hostname)
-        self.recorder.forget_hostname(hostname)
+        self.endpoint.store.forget_hostname(hostname)
+        self.endpoint.recorder.forget_hostname(hostname)
         self.losses.forget(hostname)
         self.discovery.forget(hostname)
         logger.info("celery-prom: forgot offline worker %s", hostname)
