@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import Celery
@@ -34,6 +35,9 @@ from celery_prom.webconfig import WebConfigFile
 
 logger = logging.getLogger(__name__)
 
+#: Seconds between two looks for workers silent for longer than the purge delay.
+PURGE_INTERVAL = 1.0
+
 
 class Exporter:
     """Everything one ``celery-prom exporter`` process runs."""
@@ -47,7 +51,6 @@ class Exporter:
         self.liveness = WorkerLiveness(
             settings.worker_timeout,
             settings.purge_offline_after,
-            self._forget_worker,
             max_workers=settings.limits.hostnames,
         )
         self.status = BrokerStatus()
@@ -99,6 +102,9 @@ class Exporter:
             self.settings.safe_broker_url,
         )
         self.discovery.start()
+        threading.Thread(
+            target=self._purge_offline_workers, name="celery-prom-purge", daemon=True
+        ).start()
         try:
             self.receiver.run()
         finally:
@@ -162,12 +168,15 @@ class Exporter:
             self.router.on_message_body,
         )
 
-    def _forget_worker(self, hostname: str) -> None:
-        self.endpoint.store.forget_hostname(hostname)
-        self.endpoint.recorder.forget_hostname(hostname)
-        self.losses.forget(hostname)
-        self.discovery.forget(hostname)
-        logger.info("celery-prom: forgot offline worker %s", hostname)
+    def _purge_offline_workers(self) -> None:
+        """Forgets workers silent for too long, on a schedule of its own: scrapes only read."""
+        while not self.receiver.stopped.wait(PURGE_INTERVAL):
+            for hostname in self.liveness.purge_offline():
+                self.endpoint.store.forget_hostname(hostname)
+                self.endpoint.recorder.forget_hostname(hostname)
+                self.losses.forget(hostname)
+                self.discovery.forget(hostname)
+                logger.info("celery-prom: forgot offline worker %s", hostname)
 
 
 def _bare_app(settings: ExporterSettings) -> Any:

@@ -74,7 +74,7 @@ def test_the_event_families_count_every_drop_once_whoever_dropped_it() -> None:
     clock = StoppedClock()
     recorder = Recorder(TaskStore())
     dropped = DroppedEvents(recorder)
-    liveness = WorkerLiveness(30, 600, lambda host: None, clock, max_workers=3)
+    liveness = WorkerLiveness(30, 600, clock, max_workers=3)
     losses = LossEstimator(dropped)
     router = EventRouter(recorder, dropped, liveness, losses, NoQueues())
 

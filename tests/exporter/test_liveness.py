@@ -38,8 +38,7 @@ def heartbeat(host: str, sent_at: float, **fields: Any) -> dict[str, Any]:
 class Harness:
     def __init__(self, timeout: float = 30, purge_after: float = 600) -> None:
         self.clock = FakeClock()
-        self.purged: list[str] = []
-        self.liveness = WorkerLiveness(timeout, purge_after, self.purged.append, self.clock)
+        self.liveness = WorkerLiveness(timeout, purge_after, self.clock)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.liveness)
 
@@ -105,7 +104,6 @@ def test_offline_workers_are_purged_and_not_revived_by_late_events() -> None:
     h.liveness.observe(heartbeat("v@h", 505.0))
     h.clock.now += 100.5
     assert h.liveness.purge_offline() == ["w@h"]
-    assert h.purged == ["w@h"]
     assert h.value("celery_worker_up", "w@h") is None
     assert h.value("celery_worker_up", "v@h") == 0  # down, but not silent long enough
     # Late: sent before the worker went silent, or within a worker timeout of its last.
@@ -117,6 +115,15 @@ def test_offline_workers_are_purged_and_not_revived_by_late_events() -> None:
     assert h.liveness.observe(heartbeat("w@h", 700.0)) is None
     assert h.liveness.accepts("w@h")
     assert h.value("celery_worker_up", "w@h") == 1
+
+
+def test_scrapes_only_read_and_purging_is_left_to_the_owner() -> None:
+    h = Harness(timeout=30, purge_after=600)
+    h.liveness.observe(heartbeat("w@h", 5.0))
+    h.clock.now += 601
+    assert [h.value("celery_worker_up", "w@h") for _ in range(2)] == [0, 0]
+    assert h.liveness.purge_offline() == ["w@h"]
+    assert h.value("celery_worker_up", "w@h") is None
 
 
 def test_no_purge_while_disconnected_nor_before_workers_could_report_again() -> None:
@@ -188,12 +195,7 @@ def test_memory_stays_flat_while_thousands_of_workers_come_and_go() -> None:
     clock = FakeClock()
     store = TaskStore()
     recorder = Recorder(store)
-
-    def forget(host: str) -> None:
-        store.forget_hostname(host)
-        recorder.forget_hostname(host)
-
-    liveness = WorkerLiveness(30, 600, forget, clock)
+    liveness = WorkerLiveness(30, 600, clock)
 
     def round_of_workers(number: int) -> None:
         for index in range(2000):
@@ -211,7 +213,11 @@ def test_memory_stays_flat_while_thousands_of_workers_come_and_go() -> None:
                     }
                 )
         clock.now += 601
-        assert len(liveness.purge_offline()) == 2000
+        purged = liveness.purge_offline()
+        assert len(purged) == 2000
+        for host in purged:
+            store.forget_hostname(host)
+            recorder.forget_hostname(host)
 
     tracemalloc.start()
     try:

@@ -179,7 +179,7 @@ class FlakyStream:
 
 def test_the_receiver_retries_until_stopped_and_counts_reconnects() -> None:
     status = BrokerStatus()
-    liveness = WorkerLiveness(30, 600, on_purge=lambda host: None)
+    liveness = WorkerLiveness(30, 600)
     receiver: EventReceiver
 
     def new_stream() -> FlakyStream:

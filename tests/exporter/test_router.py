@@ -36,7 +36,7 @@ def make_router(queues: KnownQueues | None = None) -> tuple[EventRouter, Dropped
     store = TaskStore()
     recorder = Recorder(store)
     dropped = DroppedEvents(recorder)
-    liveness = WorkerLiveness(30, 600, on_purge=lambda host: None)
+    liveness = WorkerLiveness(30, 600)
     router = EventRouter(
         recorder, dropped, liveness, LossEstimator(dropped), queues or KnownQueues()
     )
