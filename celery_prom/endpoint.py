@@ -12,12 +12,15 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
-from celery_prom.exposition import TaskExposition, render_registry
+from celery_prom.exposition import TaskExposition
 from celery_prom.faults import describe_error
 from celery_prom.http import HealthReport
 from celery_prom.recorder import Recorder
 from celery_prom.store import LabelLimits, TaskStore
+
+OPENMETRICS = "application/openmetrics-text"
 
 
 class RecordingSettings(Protocol):
@@ -45,15 +48,24 @@ class MetricsEndpoint:
         self._tasks = TaskExposition(self.store)
         self._render_error: str | None = None
 
-    def render(self, openmetrics: bool) -> str:
-        """The whole page: the task series, then the registry's families."""
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """The page for a scraper's ``Accept`` header, and its content type.
+
+        prometheus_client picks the format and encodes the registry; the task series are
+        written in the same format. It may pick the text format 0.0.4 or 1.0.0, or
+        OpenMetrics 1.0.0 or later, each with a name-escaping scheme: every name and label
+        name celery-prom writes is a plain legacy one, which no scheme changes, and those
+        versions write counters and classic histograms alike.
+        """
+        encode, content_type = choose_encoder(accept)
+        openmetrics = content_type.startswith(OPENMETRICS)
         try:
-            text = self._tasks.render(openmetrics) + render_registry(self.registry, openmetrics)
+            body = self._tasks.render(openmetrics).encode("utf-8") + encode(self.registry)
         except Exception as error:
             self._render_error = describe_error(error)
             raise
         self._render_error = None
-        return text
+        return body, content_type
 
     def health(self, healthy: bool, checks: Mapping[str, Any]) -> HealthReport:
         """A feed's own checks, and whether the last render worked; renders nothing."""

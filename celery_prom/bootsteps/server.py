@@ -108,9 +108,9 @@ class WorkerMetrics:
             self.endpoint.registry.register(ContainedCollector(collector, faults))
         self.endpoint.registry.register(faults)
 
-    def render(self, openmetrics: bool) -> str:
+    def render(self, accept: str) -> tuple[bytes, str]:
         try:
-            return self.endpoint.render(openmetrics)
+            return self.endpoint.render(accept)
         except Exception as error:
             self.faults.record(faults.SCRAPE, error)
             raise
