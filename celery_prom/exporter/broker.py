@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, TypeVar
 
 from kombu import Connection
@@ -117,46 +119,38 @@ class BrokerStatus:
         yield counter
 
 
-class _Job(Generic[T]):
-    def __init__(self, work: Callable[[], T]) -> None:
-        self.work = work
-        self.done = threading.Event()
-        self.value: T | None = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.value = self.work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
-            self.error = exc
-        finally:
-            self.done.set()
-
-    def outcome(self) -> T:
-        if self.error is not None:
-            raise self.error
-        return self.value  # type: ignore[return-value]
-
-
 class BoundedCall(Generic[T]):
     """Runs one broker query at a time on a helper thread, waiting ``timeout`` for it.
 
     A query that does not return in time keeps its thread (a socket timeout ends it
     later), and callers meanwhile wait on that same query instead of piling up threads.
+    The thread is a daemon of its own rather than a ``ThreadPoolExecutor``'s: those are
+    joined when the interpreter exits, so a query stuck on a frozen broker would hold up
+    the exporter's exit.
     """
 
     def __init__(self, timeout: float, name: str) -> None:
         self.timeout = timeout
         self._name = name
-        self._job: _Job[T] | None = None
+        self._query: Future[T] | None = None
         self._lock = threading.Lock()
 
     def __call__(self, work: Callable[[], T]) -> T:
         with self._lock:
-            job = self._job
-            if job is None or job.done.is_set():
-                job = self._job = _Job(work)
-                threading.Thread(target=job.run, name=self._name, daemon=True).start()
-        if not job.done.wait(self.timeout):
-            raise BrokerTimeout(f"the broker did not answer within {self.timeout:g}s")
-        return job.outcome()
+            query = self._query
+            if query is None or query.done():
+                query = self._query = Future()
+                threading.Thread(
+                    target=_settle, args=(query, work), name=self._name, daemon=True
+                ).start()
+        try:
+            return query.result(self.timeout)
+        except FutureTimeout:
+            raise BrokerTimeout(f"the broker did not answer within {self.timeout:g}s") from None
+
+
+def _settle(future: Future[T], work: Callable[[], T]) -> None:
+    try:
+        future.set_result(work())
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+        future.set_exception(exc)
