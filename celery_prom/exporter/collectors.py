@@ -5,19 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from typing import Protocol
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from celery_prom import metrics
 from celery_prom.faults import describe_error
 from celery_prom.metrics import new_family
 
 logger = logging.getLogger(__name__)
-
-
-class Collector(Protocol):
-    def collect(self) -> Iterator[Metric]: ...
 
 
 class TimedCollectors:
