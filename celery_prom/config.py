@@ -20,7 +20,7 @@ import click
 from kombu.transport import TRANSPORT_ALIASES
 
 from celery_prom import metrics
-from celery_prom.store import LabelLimits
+from celery_prom.store import LabelLimits, bucket_bounds
 
 DEFAULT_PORT = 9808
 DEFAULT_HOST = "0.0.0.0"
@@ -355,15 +355,10 @@ def parse_buckets(value: Any) -> tuple[float, ...]:
     else:
         raise ValueError("expected comma-separated numbers")
     try:
-        bounds = tuple(float(item) for item in items)
+        bounds = [float(item) for item in items]
     except (TypeError, ValueError):
         raise ValueError(f"{value!r} is not a list of numbers") from None
-    finite = [b for b in bounds if b != float("inf")]
-    if not finite:
-        raise ValueError("at least one finite bucket bound is needed")
-    if finite != sorted(set(finite)) or any(math.isnan(b) for b in finite):
-        raise ValueError(f"bucket bounds must increase strictly: {value!r}")
-    return tuple(finite)
+    return bucket_bounds(bounds)
 
 
 def _parse_int(value: Any) -> int:

@@ -7,9 +7,10 @@ of series that did not change since the last scrape.
 
 from __future__ import annotations
 
+import math
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.metrics_core import (
@@ -107,8 +108,8 @@ class TaskStore:
         queue_wait_buckets: Sequence[float] = metrics.DEFAULT_QUEUE_WAIT_BUCKETS,
         limits: LabelLimits | None = None,
     ) -> None:
-        self.runtime_bounds = _validated_bounds(runtime_buckets)
-        self.queue_wait_bounds = _validated_bounds(queue_wait_buckets)
+        self.runtime_bounds = bucket_bounds(runtime_buckets)
+        self.queue_wait_bounds = bucket_bounds(queue_wait_buckets)
         limits = limits or LabelLimits()
         self._names = _CappedValues(limits.task_names)
         self._queues = _CappedValues(limits.queues)
@@ -267,12 +268,15 @@ def _observe(histogram: Histogram, bounds: tuple[float, ...], value: float) -> N
     histogram.sum += value
 
 
-def _validated_bounds(buckets: Sequence[float]) -> tuple[float, ...]:
-    bounds = tuple(float(b) for b in buckets if b != float("inf"))
+def bucket_bounds(buckets: Iterable[float]) -> tuple[float, ...]:
+    """Histogram bucket bounds, checked: the finite ones (``+Inf`` is always the last
+    bucket), at least one, increasing strictly; a ``ValueError`` says what is wrong."""
+    bounds = tuple(float(b) for b in buckets if b != math.inf)
     if not bounds:
-        raise ValueError("a histogram needs at least one finite bucket bound")
-    if list(bounds) != sorted(set(bounds)):
-        raise ValueError(f"bucket bounds must increase strictly: {list(bounds)}")
+        raise ValueError("at least one finite bucket bound is needed")
+    if any(math.isnan(b) for b in bounds) or list(bounds) != sorted(set(bounds)):
+        shown = ", ".join(format_value(b) for b in bounds)
+        raise ValueError(f"bucket bounds must increase strictly: {shown}")
     return bounds
 
 

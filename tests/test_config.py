@@ -78,7 +78,7 @@ def test_an_empty_environment_variable_counts_as_unset() -> None:
         (
             {"env": {"CELERY_PROM_RUNTIME_BUCKETS": "1,0.5"}},
             "invalid value for CELERY_PROM_RUNTIME_BUCKETS: bucket bounds must increase "
-            "strictly: '1,0.5'",
+            "strictly: 1.0, 0.5",
         ),
         (
             {"env": {"CELERY_PROM_MAX_TASK_NAMES": "0"}},
@@ -229,7 +229,7 @@ def test_transport_options_from_text(text: str, options: dict[str, object]) -> N
         (
             {"CELERY_PROM_RUNTIME_BUCKETS": "2,1"},
             "invalid value for CELERY_PROM_RUNTIME_BUCKETS: bucket bounds must increase strictly: "
-            "'2,1'",
+            "2.0, 1.0",
         ),
     ],
 )
