@@ -41,7 +41,7 @@ from prometheus_client import Counter, start_http_server
 from celery_prom.config import ExporterSettings
 from celery_prom.exporter.receiver import EventReceiver
 from celery_prom.exporter.service import Exporter
-from celery_prom.exporter.streams import KombuEventStream
+from celery_prom.exporter.streams import EventSource, KombuEventStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -286,7 +286,9 @@ def kombu_path(broker: str, port: int) -> None:
     assert exporter.server is not None
     exporter.server.start()
     EventReceiver(
-        lambda: KombuEventStream(broker, {}, "celeryev", 2.0, exporter.router.on_message_body),
+        lambda: KombuEventStream(
+            EventSource(broker, {}, "celeryev", 2.0), exporter.router.on_message_body
+        ),
         exporter.status,
         exporter.liveness,
         exporter.losses,

@@ -31,6 +31,12 @@ class BrokerTimeout(Exception):
     """The broker did not answer in time."""
 
 
+def connection_errors(connection: Connection) -> tuple[type[BaseException], ...]:
+    """What a broker connection raises when the broker fails: the socket's errors and the
+    transport's own."""
+    return (OSError, *connection.connection_errors, *connection.channel_errors)
+
+
 def close_connection(connection: Connection) -> None:
     """Release a kombu connection, broken or not, and its transport's poller.
 
@@ -39,10 +45,9 @@ def close_connection(connection: Connection) -> None:
     exporter reconnecting to a flapping broker would pile them up.
     """
     transport = connection.transport
-    errors = (OSError, *connection.connection_errors, *connection.channel_errors)
     try:
         connection.release()
-    except errors as exc:
+    except connection_errors(connection) as exc:
         logger.debug("celery-prom: closing a broken broker connection: %s", describe_error(exc))
     poller: Any = getattr(getattr(transport, "cycle", None), "poller", None)
     if poller is not None:

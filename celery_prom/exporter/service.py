@@ -28,7 +28,12 @@ from celery_prom.exporter.queues import (
 )
 from celery_prom.exporter.receiver import EventReceiver
 from celery_prom.exporter.router import EventRouter
-from celery_prom.exporter.streams import EventStream, KombuEventStream, RedisEventStream
+from celery_prom.exporter.streams import (
+    EventSource,
+    EventStream,
+    KombuEventStream,
+    RedisEventStream,
+)
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
 from celery_prom.store import LabelOverflowCollector
 from celery_prom.webconfig import WebConfigFile
@@ -57,6 +62,12 @@ class Exporter:
         # Raises ImportError when kombu knows the transport but its client library is missing.
         driver, transport = transport_kind(settings.broker_url, settings.transport_options)
         self._events_from_redis = RedisEventStream.reads(driver, transport)
+        self._source = EventSource(
+            settings.broker_url,
+            settings.transport_options,
+            settings.event_exchange,
+            settings.broker_timeout,
+        )
         self.queue_names = QueueNames(settings.queues, settings.limits.queues)
         self.discovery = QueueDiscovery(self.app, self.queue_names)
         self.router = EventRouter(
@@ -151,22 +162,9 @@ class Exporter:
             self.endpoint.registry.register(collector)
 
     def _new_stream(self) -> EventStream:
-        settings = self.settings
         if self._events_from_redis:
-            return RedisEventStream(
-                settings.broker_url,
-                settings.transport_options,
-                settings.event_exchange,
-                settings.broker_timeout,
-                self.router.on_redis_payload,
-            )
-        return KombuEventStream(
-            settings.broker_url,
-            settings.transport_options,
-            settings.event_exchange,
-            settings.broker_timeout,
-            self.router.on_message_body,
-        )
+            return RedisEventStream(self._source, self.router.on_redis_payload)
+        return KombuEventStream(self._source, self.router.on_message_body)
 
     def _purge_offline_workers(self) -> None:
         """Forgets workers silent for too long, on a schedule of its own: scrapes only read."""

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import hiredis
@@ -24,7 +25,7 @@ from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Queue
 from kombu.transport.redis import SentinelTransport
 
-from celery_prom.exporter.broker import close_connection
+from celery_prom.exporter.broker import close_connection, connection_errors
 
 #: Seconds a read waits before the stream checks whether it should stop.
 POLL_INTERVAL = 1.0
@@ -54,27 +55,31 @@ class EventStream(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class EventSource:
+    """Where events come from: the broker, its transport options, the event exchange, and
+    how long a connection attempt may take."""
+
+    url: str
+    transport_options: Mapping[str, Any]
+    exchange: str
+    timeout: float
+
+
 class RedisEventStream:
     """Reads the event PUB/SUB topic straight off the socket (see the module docstring)."""
 
-    def __init__(
-        self,
-        url: str,
-        transport_options: Mapping[str, Any],
-        exchange: str,
-        timeout: float,
-        on_payload: Payload,
-    ) -> None:
+    def __init__(self, source: EventSource, on_payload: Payload) -> None:
         self._kombu = Connection(
-            url,
+            source.url,
             transport_options={
-                **transport_options,
-                "socket_timeout": timeout,
-                "socket_connect_timeout": timeout,
+                **source.transport_options,
+                "socket_timeout": source.timeout,
+                "socket_connect_timeout": source.timeout,
                 "retry_on_timeout": False,
             },
         )
-        self._exchange = exchange
+        self._exchange = source.exchange
         self._on_payload = on_payload
         self._subscriber: Any = None
         self.errors: tuple[type[BaseException], ...] = (
@@ -164,28 +169,17 @@ class RedisEventStream:
 class KombuEventStream:
     """A kombu consumer on an exclusive, auto-deleted queue bound to the event exchange."""
 
-    def __init__(
-        self,
-        url: str,
-        transport_options: Mapping[str, Any],
-        exchange: str,
-        timeout: float,
-        on_body: Callable[[object, object], None],
-    ) -> None:
+    def __init__(self, source: EventSource, on_body: Callable[[object, object], None]) -> None:
         self._connection = Connection(
-            url,
-            connect_timeout=timeout,
+            source.url,
+            connect_timeout=source.timeout,
             heartbeat=IDLE_PING_AFTER * 2,
-            transport_options=dict(transport_options),
+            transport_options=dict(source.transport_options),
         )
-        self._exchange_name = exchange
+        self._exchange_name = source.exchange
         self._on_body = on_body
         self._consumer: Consumer | None = None
-        self.errors: tuple[type[BaseException], ...] = (
-            OSError,
-            *self._connection.connection_errors,
-            *self._connection.channel_errors,
-        )
+        self.errors = connection_errors(self._connection)
 
     def connect(self) -> None:
         self._connection.connect()
