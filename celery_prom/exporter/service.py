@@ -1,6 +1,5 @@
-"""The exporter: everything one ``celery-prom exporter`` process runs, wired together.
-
-``Exporter`` wires the event receiver, the collectors and the HTTP endpoint together.
+"""The exporter process: ``Exporter`` wires the event receiver, the router, the scrape-time
+collectors and the HTTP endpoint together, and forgets offline workers on its own schedule.
 """
 
 from __future__ import annotations
@@ -167,7 +166,7 @@ class Exporter:
         return KombuEventStream(self._source, self.router.on_message_body)
 
     def _purge_offline_workers(self) -> None:
-        """Forgets workers silent for too long, on a schedule of its own: scrapes only read."""
+        """Forgets workers silent for too long, on a schedule of its own, never a scrape's."""
         while not self.receiver.stopped.wait(PURGE_INTERVAL):
             for hostname in self.liveness.purge_offline():
                 self.endpoint.store.forget_hostname(hostname)
