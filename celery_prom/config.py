@@ -1,8 +1,12 @@
-"""Settings: one value per option, from the command line, the environment or ``app.conf``.
+"""Settings: what each one accepts, and where its value comes from.
 
-Precedence is command line, then ``CELERY_PROM_*`` environment variables, then the app's
-configuration (``celery_prom_*`` keys), then the default. Every value is validated here, so
-a bad one becomes a one-line ``ConfigError`` naming its source, never a traceback.
+Every setting is a click option, a ``Setting``. Click takes its value from the command line,
+else from its ``CELERY_PROM_<NAME>`` environment variable; only then does it ask for the
+default, and a ``Setting``'s default is the Celery app's ``celery_prom_<name>`` when the app
+sets one. So the precedence is command line, environment, ``app.conf``, default, and click's
+types check the value wherever it came from: a bad one is a ``click.BadParameter`` naming
+its source. Settings that have no command line of their own (the worker's buckets and caps)
+are read the same way, by ``resolve``.
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 from kombu.transport import TRANSPORT_ALIASES
 
 from celery_prom import metrics
-from celery_prom.store import LabelLimits, bucket_bounds
+from celery_prom.metrics import LabelLimits
 
 DEFAULT_PORT = 9808
 DEFAULT_HOST = "0.0.0.0"
@@ -31,12 +37,31 @@ DEFAULT_EVENT_EXCHANGE = "celeryev"
 DEFAULT_LOG_LEVEL = "INFO"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
+#: A worker endpoint's port: 0 turns the endpoint off.
+PORT = click.IntRange(0, 65535)
+#: A port that must be served on (the exporter's, the demo's).
+LISTEN_PORT = click.IntRange(1, 65535)
+COUNT = click.IntRange(min=1)
+#: A missing file is reported by the web-config loader, which also reloads it.
+WEB_CONFIG = click.Path(dir_okay=False)
+
+#: ``LabelLimits``' fields, each set by ``max_<field>``, and what they count.
+_LABEL_CAPS = (
+    ("task_names", "task names"),
+    ("queues", "queue names"),
+    ("hostnames", "worker hostnames"),
+    ("exceptions", "exception names"),
+)
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[Any]
+else:  # click 8.4 made ParamType generic; click 8.1 to 8.3 cannot subscript it
+    _ParamType = click.ParamType
+
 # The credentials part of any URL: ``scheme://user:password@`` (user may be empty), up to
 # the last ``@`` of the word, so an unencoded ``@`` in a password is masked too. A word ends
 # at ``;``, which separates the URLs of a failover list; a password may hold a ``,``.
 _URL_CREDENTIALS = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s'";,]*):[^\s'";]*@""")
-
-T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -53,42 +78,346 @@ class OptionError(click.ClickException):
     exit_code = 2
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where settings come from, in precedence order."""
+class Setting(click.Option):
+    """``--<prefix><key>``, else ``CELERY_PROM_<KEY>``, else the app's ``celery_prom_<key>``
+    (then ``app_setting``, the app's own setting of the same meaning), else the default.
 
-    cli: Mapping[str, Any]
-    env: Mapping[str, str]
-    conf: Mapping[str, Any]
-    #: Prefix of the command-line options, where they share a namespace with Celery's own
-    #: (the worker's ``--prom-port``); env and app.conf names are namespaced already.
-    cli_prefix: str = ""
+    A bad value's ``click.BadParameter`` names where it came from: the option, the variable
+    or the ``app.conf`` key.
+    """
 
-    def lookup(self, option: str) -> tuple[Any, str] | None:
-        """The first value set for ``option`` and a description of where it came from."""
-        cli_name = f"{self.cli_prefix}{option}"
-        value = self.cli.get(cli_name)
-        if value is not None:
-            return value, f"--{cli_name.replace('_', '-')}"
-        env_name = f"CELERY_PROM_{option.upper()}"
-        value = self.env.get(env_name)
-        if value is not None and value != "":
-            return value, env_name
-        conf_name = f"celery_prom_{option}"
-        value = self.conf.get(conf_name)
-        if value is not None:
-            return value, f"app.conf.{conf_name}"
+    def __init__(
+        self,
+        key: str,
+        *decls: str,
+        prefix: str = "",
+        app_setting: str | None = None,
+        **attrs: Any,
+    ) -> None:
+        self.env_name = f"CELERY_PROM_{key.upper()}"
+        self.conf_keys = (f"celery_prom_{key}", *([app_setting] if app_setting else []))
+        attrs.setdefault("show_default", True)
+        super().__init__(
+            [*decls, f"--{prefix}{key}".replace("_", "-")],
+            envvar=self.env_name,
+            show_envvar=True,
+            # Celery runs its commands with auto_envvar_prefix="CELERY", which would also
+            # read CELERY_WORKER_PROM_PORT and the like: one variable per setting.
+            allow_from_autoenv=False,
+            **attrs,
+        )
+
+    def get_default(self, ctx: click.Context, call: bool = True) -> Any:
+        # Click asks for the default only when neither the command line nor the environment
+        # gave a value: that is where the app's configuration comes in.
+        found = self._from_app(ctx)
+        if found is None:
+            return super().get_default(ctx, call)
+        value = found[1]
+        if self.multiple and isinstance(value, str):  # one string, read as the environment's
+            return self.type.split_envvar_value(value)
+        if self.multiple and isinstance(value, Mapping):
+            return (value,)
+        return value
+
+    def type_cast_value(self, ctx: click.Context, value: Any) -> Any:
+        try:
+            return super().type_cast_value(ctx, value)
+        except click.BadParameter as exc:
+            exc.param_hint = self._origin(ctx)
+            raise
+
+    def _from_app(self, ctx: click.Context) -> tuple[str, Any] | None:
+        conf = app_conf(ctx)
+        for key in self.conf_keys:
+            value = conf.get(key)
+            if value is not None:
+                return key, value
         return None
 
-    def get(self, option: str, parse: Callable[[Any], T], default: T) -> T:
-        found = self.lookup(option)
-        if found is None:
-            return default
-        value, origin = found
+    def _origin(self, ctx: click.Context) -> list[str]:
+        """Where the value being converted came from, to name it in an error."""
+        source = ctx.get_parameter_source(self.name) if self.name else None
+        if source is ParameterSource.ENVIRONMENT:
+            return [self.env_name]
+        found = self._from_app(ctx) if source is ParameterSource.DEFAULT else None
+        if found is not None:
+            return [f"app.conf.{found[0]}"]
+        return self.opts
+
+
+def app_conf(ctx: click.Context) -> Mapping[str, Any]:
+    """The configuration of the Celery app whose command this is: Celery keeps the app in
+    its context object as ``obj.app`` (checked on Celery 5.3 to 5.7); none for
+    ``celery-prom exporter``."""
+    app = getattr(ctx.obj, "app", None)
+    return {} if app is None else app.conf
+
+
+def resolve(settings: Sequence[Setting], app: Any, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Values by option name: ``given``'s where it holds one (options a command line has
+    resolved already), the others from the environment, ``app.conf`` or their default."""
+    values = {name: value for name, value in given.items() if value is not None}
+    missing: list[click.Parameter] = [s for s in settings if s.name not in values]
+    command = click.Command(None, params=missing, add_help_option=False)
+    try:
+        # As for a command's options, from an empty command line.
+        context = command.make_context("celery-prom", [], obj=SimpleNamespace(app=app))
+    except click.UsageError as exc:
+        raise ConfigError(mask_secrets(exc.format_message())) from None
+    return {**context.params, **values}
+
+
+class Seconds(click.FloatRange):
+    """A positive, finite number of seconds."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds.", param, ctx)
+        return seconds
+
+
+class Host(_ParamType):
+    name = "host"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not isinstance(value, str) or not value.strip():
+            self.fail("expected a host name or IP address.", param, ctx)
+        host = value.strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
         try:
-            return parse(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid value for {origin}: {exc}") from None
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not all(part.replace("-", "").isalnum() for part in host.split(".")):
+                self.fail(f"{value!r} is not a host name or IP address.", param, ctx)
+        return host
+
+
+class Address(_ParamType):
+    """``host:port`` of a scrape target (an IPv6 host in brackets)."""
+
+    name = "host:port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        host, separator, port = str(value).rpartition(":")
+        if not separator or not host or not port.isdigit():
+            self.fail(f"{value!r} is not host:port.", param, ctx)
+        bare_host = Host().convert(host, param, ctx)
+        number = LISTEN_PORT.convert(int(port), param, ctx)
+        return f"[{bare_host}]:{number}" if ":" in bare_host else f"{bare_host}:{number}"
+
+
+class JobName(_ParamType):
+    """A Prometheus scrape job's name, plain enough to write into YAML, JSON and PromQL."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+            self.fail(f"{value!r} is not a job name (letters, digits, '_' and '-').", param, ctx)
+        return value
+
+
+class BrokerURL(_ParamType):
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not isinstance(value, str) or "://" not in value:
+            # Not echoed: a mistyped URL may be mostly password.
+            self.fail("not a broker URL (like redis://host:6379/0).", param, ctx)
+        scheme = value.split("://", 1)[0].split("+", 1)[0]
+        if scheme not in TRANSPORT_ALIASES:
+            self.fail(f"unknown broker transport {scheme!r} in {mask_secrets(value)}.", param, ctx)
+        return value
+
+
+class QueueNames(_ParamType):
+    """Comma-separated queue names."""
+
+    name = "names"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in str(value).split(",") if name.strip())
+        if any(len(name) > metrics.MAX_LABEL_VALUE_LENGTH for name in names):
+            self.fail(
+                f"queue name longer than {metrics.MAX_LABEL_VALUE_LENGTH} characters.", param, ctx
+            )
+        return names
+
+
+class TransportOption(_ParamType):
+    """``key=value``, the value read as JSON when it parses as JSON (numbers, booleans,
+    lists), else taken as text: ``visibility_timeout=3600``, ``global_keyprefix=app:``; or
+    a JSON object of several."""
+
+    name = "key=value"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> dict[str, Any]:
+        if isinstance(value, Mapping):
+            return dict(value)
+        text = str(value)
+        if text.lstrip().startswith("{"):
+            parsed = _json_or_text(text)
+            if not isinstance(parsed, dict):
+                self.fail("transport options are not a valid JSON object.", param, ctx)
+            return parsed
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            self.fail(f"{mask_secrets(text)!r} is not key=value.", param, ctx)
+        return {key.strip(): _json_or_text(raw)}
+
+    def split_envvar_value(self, rv: str) -> Sequence[str]:
+        """In the environment: a JSON object, or ``key=value`` pairs joined with ``;``."""
+        if rv.lstrip().startswith("{"):
+            return [rv]
+        return [pair for pair in rv.split(";") if pair.strip()]
+
+
+class Buckets(_ParamType):
+    """Histogram bucket bounds in seconds, increasing: comma-separated, or a list."""
+
+    name = "float list"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[float, ...]:
+        items = value.split(",") if isinstance(value, str) else value
+        try:
+            bounds = tuple(float(item) for item in items if str(item).strip())
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a list of numbers.", param, ctx)
+        try:
+            return metrics.bucket_bounds(bounds)
+        except ValueError as exc:
+            self.fail(f"{exc}.", param, ctx)
+
+
+def worker_endpoint_settings(option: type[Setting] = Setting) -> list[Setting]:
+    """The worker endpoint's settings, named as ``celery worker``'s options."""
+    return [
+        option(
+            "port",
+            prefix="prom-",
+            type=PORT,
+            default=DEFAULT_PORT,
+            help="Port of the worker's /metrics endpoint; 0 turns metrics off. "
+            "App setting: celery_prom_port.",
+        ),
+        option(
+            "host",
+            prefix="prom-",
+            type=Host(),
+            default=DEFAULT_HOST,
+            help="Address the endpoint listens on. App setting: celery_prom_host.",
+        ),
+        option(
+            "web_config",
+            prefix="prom-",
+            type=WEB_CONFIG,
+            help="Prometheus web-config file (TLS, basic auth) for the endpoint. "
+            "App setting: celery_prom_web_config.",
+        ),
+    ]
+
+
+def recording_options() -> list[Setting]:
+    """Histogram buckets and label caps: options of the exporter, settings of the worker."""
+    limits = LabelLimits()
+    return [
+        Setting(
+            "runtime_buckets",
+            type=Buckets(),
+            default=metrics.DEFAULT_RUNTIME_BUCKETS,
+            help="Runtime histogram bounds, comma-separated seconds.",
+        ),
+        Setting(
+            "queue_wait_buckets",
+            type=Buckets(),
+            default=metrics.DEFAULT_QUEUE_WAIT_BUCKETS,
+            help="Queue-wait histogram bounds, comma-separated seconds.",
+        ),
+        *(
+            Setting(
+                f"max_{name}",
+                type=COUNT,
+                default=getattr(limits, name),
+                help=f"Cap on distinct {counted} (then `_other`).",
+            )
+            for name, counted in _LABEL_CAPS
+        ),
+    ]
+
+
+def exporter_options() -> list[Setting]:
+    """The options of ``celery-prom exporter`` and ``celery prom``."""
+    return [
+        Setting(
+            "broker_url",
+            type=BrokerURL(),
+            # Not even celery prom's app.conf value: it may hold a password.
+            show_default=False,
+            help="Broker URL, e.g. redis://host:6379/0 (celery prom: the app's).",
+        ),
+        Setting("host", type=Host(), default=DEFAULT_HOST, help="Address to listen on."),
+        Setting("port", type=LISTEN_PORT, default=DEFAULT_PORT, help="Port of /metrics."),
+        Setting(
+            "queues",
+            "-Q",
+            type=QueueNames(),
+            multiple=True,
+            help="Queues to report, comma-separated; repeatable (celery prom: added to the app's).",
+        ),
+        Setting(
+            "broker_transport_option",
+            type=TransportOption(),
+            multiple=True,
+            show_default=False,
+            help="kombu transport option key=value (value read as JSON when it parses); "
+            "repeatable. In the environment: k=v;k2=v2 or a JSON object.",
+        ),
+        *(
+            Setting(key, type=Seconds(), default=default, help=f"Seconds {meaning}.")
+            for key, default, meaning in (
+                (
+                    "worker_timeout",
+                    DEFAULT_WORKER_TIMEOUT,
+                    "without a heartbeat before a worker is down",
+                ),
+                (
+                    "purge_offline_after",
+                    DEFAULT_PURGE_OFFLINE_AFTER,
+                    "without a heartbeat before a worker's series are dropped",
+                ),
+                ("broker_timeout", DEFAULT_BROKER_TIMEOUT, "a scrape waits for the broker"),
+            )
+        ),
+        Setting(
+            "event_exchange",
+            default=DEFAULT_EVENT_EXCHANGE,
+            app_setting="event_exchange",
+            help="Exchange Celery events are sent to (celery prom: the app's event_exchange).",
+        ),
+        Setting(
+            "web_config",
+            type=WEB_CONFIG,
+            help="Prometheus web-config file (TLS, basic auth) for the endpoint.",
+        ),
+        Setting(
+            "log_level",
+            type=click.Choice(LOG_LEVELS, case_sensitive=False),
+            default=DEFAULT_LOG_LEVEL,
+        ),
+        *recording_options(),
+    ]
 
 
 @dataclass(frozen=True)
@@ -105,18 +434,26 @@ class WorkerSettings:
         return self.port != 0
 
     @classmethod
-    def resolve(cls, source: Source) -> WorkerSettings:
+    def resolve(cls, app: Any, options: Mapping[str, Any]) -> WorkerSettings:
+        """The settings of ``app``'s worker, whose ``--prom-*`` options are ``options``.
+
+        Click has resolved those in full when ``install`` added them to the worker; when
+        only the step was added, and for the settings that have no option, the
+        environment, ``app.conf`` and the defaults are read here, in the same order.
+        """
+        settings = [*worker_endpoint_settings(), *recording_options()]
+        values = resolve(settings, app, options)
         return cls(
-            port=source.get("port", parse_port, DEFAULT_PORT),
-            host=source.get("host", parse_host, DEFAULT_HOST),
-            web_config=source.get("web_config", parse_path, None),
-            **recording_settings(source),
+            port=values["prom_port"],
+            host=values["prom_host"],
+            web_config=values["prom_web_config"],
+            **recording_settings(values),
         )
 
 
 @dataclass(frozen=True)
 class ExporterSettings:
-    """``celery-prom exporter`` (and ``celery prom``) settings; see ``resolve``."""
+    """``celery-prom exporter`` (and ``celery prom``) settings; see ``from_options``."""
 
     broker_url: str
     port: int = DEFAULT_PORT
@@ -139,60 +476,48 @@ class ExporterSettings:
         return mask_secrets(self.broker_url)
 
     @classmethod
-    def resolve(
+    def from_options(
         cls,
-        source: Source,
+        options: Mapping[str, Any],
         default_broker_url: str | None = None,
         default_queues: Sequence[str] = (),
         default_transport_options: Mapping[str, Any] | None = None,
-        default_event_exchange: str = DEFAULT_EVENT_EXCHANGE,
     ) -> ExporterSettings:
-        """Settings from ``source``; the defaults are an app's own (for ``celery prom``).
+        """Settings from the values of ``exporter_options``; the defaults are an app's own
+        (for ``celery prom``).
 
-        Queues given on the command line or in the environment add to the app's queues, and
-        transport options given there override the app's option of the same name.
+        Queues given as options add to the app's queues, and transport options given as
+        options override the app's option of the same name.
         """
-        broker_url = source.get("broker_url", parse_broker_url, default_broker_url)
+        broker_url = options["broker_url"] or default_broker_url
         if broker_url is None:
             raise ConfigError("no broker URL: pass --broker-url or set CELERY_PROM_BROKER_URL")
-        no_queues: tuple[str, ...] = ()
-        no_options: dict[str, Any] = {}
-        queues = source.get("queues", parse_queues, no_queues)
-        options = source.get("broker_transport_option", parse_transport_options, no_options)
+        queues = (name for names in options["queues"] for name in names)
+        transport_options = dict(default_transport_options or {})
+        for given in options["broker_transport_option"]:
+            transport_options.update(given)
         return cls(
             broker_url=broker_url,
-            port=source.get("port", parse_listen_port, DEFAULT_PORT),
-            host=source.get("host", parse_host, DEFAULT_HOST),
+            port=options["port"],
+            host=options["host"],
             queues=tuple(dict.fromkeys((*default_queues, *queues))),
-            transport_options={**(default_transport_options or {}), **options},
-            worker_timeout=source.get("worker_timeout", parse_seconds, DEFAULT_WORKER_TIMEOUT),
-            purge_offline_after=source.get(
-                "purge_offline_after", parse_seconds, DEFAULT_PURGE_OFFLINE_AFTER
-            ),
-            broker_timeout=source.get("broker_timeout", parse_seconds, DEFAULT_BROKER_TIMEOUT),
-            event_exchange=source.get("event_exchange", parse_name, default_event_exchange),
-            log_level=source.get("log_level", parse_log_level, DEFAULT_LOG_LEVEL),
-            web_config=source.get("web_config", parse_path, None),
-            **recording_settings(source),
+            transport_options=transport_options,
+            worker_timeout=options["worker_timeout"],
+            purge_offline_after=options["purge_offline_after"],
+            broker_timeout=options["broker_timeout"],
+            event_exchange=options["event_exchange"],
+            log_level=options["log_level"],
+            web_config=options["web_config"],
+            **recording_settings(options),
         )
 
 
-def recording_settings(source: Source) -> dict[str, Any]:
-    """The settings the worker and the exporter share: histogram buckets and label caps."""
-    defaults = LabelLimits()
+def recording_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings the worker and the exporter share, from ``recording_options``' values."""
     return {
-        "runtime_buckets": source.get(
-            "runtime_buckets", parse_buckets, metrics.DEFAULT_RUNTIME_BUCKETS
-        ),
-        "queue_wait_buckets": source.get(
-            "queue_wait_buckets", parse_buckets, metrics.DEFAULT_QUEUE_WAIT_BUCKETS
-        ),
-        "limits": LabelLimits(
-            task_names=source.get("max_task_names", parse_positive_int, defaults.task_names),
-            queues=source.get("max_queues", parse_positive_int, defaults.queues),
-            hostnames=source.get("max_hostnames", parse_positive_int, defaults.hostnames),
-            exceptions=source.get("max_exceptions", parse_positive_int, defaults.exceptions),
-        ),
+        "runtime_buckets": values["runtime_buckets"],
+        "queue_wait_buckets": values["queue_wait_buckets"],
+        "limits": LabelLimits(**{name: values[f"max_{name}"] for name, _ in _LABEL_CAPS}),
     }
 
 
@@ -212,160 +537,8 @@ class MaskingFormatter(logging.Formatter):
         return mask_secrets(super().format(record))
 
 
-def parse_broker_url(value: Any) -> str:
-    if not isinstance(value, str) or "://" not in value:
-        # Not echoed: a mistyped URL may be mostly password.
-        raise ValueError("not a broker URL (like redis://host:6379/0)")
-    scheme = value.split("://", 1)[0].split("+", 1)[0]
-    if not _known_transport(scheme):
-        raise ValueError(f"unknown broker transport {scheme!r} in {mask_secrets(value)}")
-    return value
-
-
-def parse_queues(value: Any) -> tuple[str, ...]:
-    items: Sequence[Any]
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, (list, tuple)):
-        items = [part for item in value for part in str(item).split(",")]
-    else:
-        raise ValueError("expected comma-separated queue names")
-    names = [item.strip() for item in items if item.strip()]
-    for name in names:
-        if len(name) > metrics.MAX_LABEL_VALUE_LENGTH:
-            raise ValueError(f"queue name longer than {metrics.MAX_LABEL_VALUE_LENGTH} characters")
-    return tuple(dict.fromkeys(names))
-
-
-def parse_transport_options(value: Any) -> dict[str, Any]:
-    """``key=value`` pairs (a sequence, or one string joined with ``;``) or a JSON object.
-
-    Values are read as JSON when they parse as JSON (numbers, booleans, lists), else taken
-    as text: ``visibility_timeout=3600``, ``global_keyprefix=app:``.
-    """
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, str):
-        if value.lstrip().startswith("{"):
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                raise ValueError("transport options are not a valid JSON object") from None
-            if not isinstance(parsed, dict):
-                raise ValueError("transport options are not a valid JSON object")
-            return parsed
-        pairs: Sequence[Any] = [pair for pair in value.split(";") if pair.strip()]
-    elif isinstance(value, (list, tuple)):
-        pairs = value
-    else:
-        raise ValueError("expected key=value")
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = str(pair).partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{mask_secrets(str(pair))!r} is not key=value")
-        options[key.strip()] = _json_or_text(text)
-    return options
-
-
-def parse_seconds(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number of seconds")
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a number of seconds") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"{value!r} is not a positive number of seconds")
-    return seconds
-
-
-def parse_name(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("expected a name")
-    return value.strip()
-
-
-def parse_log_level(value: Any) -> str:
-    level = str(value).strip().upper()
-    if level not in LOG_LEVELS:
-        raise ValueError(f"{value!r} is not a log level ({', '.join(LOG_LEVELS)})")
-    return level
-
-
 def _json_or_text(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
         return text
-
-
-def _known_transport(scheme: str) -> bool:
-    return scheme in TRANSPORT_ALIASES
-
-
-def parse_port(value: Any) -> int:
-    port = _parse_int(value)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{port} is not a port number (0-65535, 0 disables)")
-    return port
-
-
-def parse_listen_port(value: Any) -> int:
-    """A port that must be served on (the exporter's, the demo's): 0 cannot turn it off."""
-    port = _parse_int(value)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{port} is not a port number (1-65535)")
-    return port
-
-
-def parse_positive_int(value: Any) -> int:
-    number = _parse_int(value)
-    if number < 1:
-        raise ValueError(f"{number} is not a positive integer")
-    return number
-
-
-def parse_host(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("expected a host name or IP address")
-    host = value.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not all(part.replace("-", "").isalnum() for part in host.split(".")):
-            raise ValueError(f"{value!r} is not a host name or IP address") from None
-    return host
-
-
-def parse_path(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("expected a file path")
-    return value
-
-
-def parse_buckets(value: Any) -> tuple[float, ...]:
-    items: Sequence[Any]
-    if isinstance(value, str):
-        items = [item for item in value.split(",") if item.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = value
-    else:
-        raise ValueError("expected comma-separated numbers")
-    try:
-        bounds = [float(item) for item in items]
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a list of numbers") from None
-    return bucket_bounds(bounds)
-
-
-def _parse_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise ValueError(f"{value!r} is not an integer")

@@ -17,8 +17,9 @@ from prometheus_client.exposition import choose_encoder
 from celery_prom.exposition import TaskExposition
 from celery_prom.faults import describe_error
 from celery_prom.http import HealthReport
+from celery_prom.metrics import LabelLimits
 from celery_prom.recorder import Recorder
-from celery_prom.store import LabelLimits, TaskStore
+from celery_prom.store import TaskStore
 
 OPENMETRICS = "application/openmetrics-text"
 

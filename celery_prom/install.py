@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.bin.base import CeleryOption
+import click
 
-from celery_prom.bootsteps import PrometheusServer, TaskEventTap
-from celery_prom.config import DEFAULT_HOST, DEFAULT_PORT
-from celery_prom.producer import instrument_producers
-
-_HELP_GROUP = "celery-prom Options"
+from celery_prom.cli.errors import OptionError
+from celery_prom.config import Setting, mask_secrets, worker_endpoint_settings
 
 
 def install(app: Any) -> None:
@@ -18,37 +15,27 @@ def install(app: Any) -> None:
 
     Safe to call more than once.
     """
+    # Imported on use, not with the package: see celery_prom/__init__.py.
+    from celery_prom.bootsteps import PrometheusServer, TaskEventTap  # noqa: PLC0415
+    from celery_prom.producer import instrument_producers  # noqa: PLC0415
+
     app.steps["worker"].add(PrometheusServer)
     app.steps["consumer"].add(TaskEventTap)
     options = app.user_options["worker"]
     if not any(getattr(option, "name", None) == "prom_port" for option in options):
-        options.update(_worker_options())
+        options.update(worker_endpoint_settings(_WorkerOption))
     instrument_producers()
 
 
-def _worker_options() -> list[CeleryOption]:
-    # Values are validated by the step (one-line errors naming the source, whether the
-    # value came from here, the environment or app.conf), so click takes them as text.
-    return [
-        CeleryOption(
-            ["--prom-port"],
-            default=None,
-            help_group=_HELP_GROUP,
-            help=f"Port of the worker's /metrics endpoint (default {DEFAULT_PORT}; 0 turns "
-            "metrics off). Env CELERY_PROM_PORT, app.conf.celery_prom_port.",
-        ),
-        CeleryOption(
-            ["--prom-host"],
-            default=None,
-            help_group=_HELP_GROUP,
-            help=f"Address the endpoint listens on (default {DEFAULT_HOST}). "
-            "Env CELERY_PROM_HOST, app.conf.celery_prom_host.",
-        ),
-        CeleryOption(
-            ["--prom-web-config"],
-            default=None,
-            help_group=_HELP_GROUP,
-            help="Prometheus web-config file (TLS, basic auth) for the endpoint. "
-            "Env CELERY_PROM_WEB_CONFIG, app.conf.celery_prom_web_config.",
-        ),
-    ]
+class _WorkerOption(Setting):
+    """A ``celery worker`` option, listed under its own heading (Celery's ``CeleryCommand``
+    groups options by ``help_group``; checked on Celery 5.3 to 5.7)."""
+
+    help_group = "celery-prom Options"
+
+    def type_cast_value(self, ctx: click.Context, value: Any) -> Any:
+        try:
+            return super().type_cast_value(ctx, value)
+        except click.BadParameter as exc:
+            # The worker would print its usage block with a usage error: one line instead.
+            raise OptionError(mask_secrets(f"celery-prom: {exc.format_message()}")) from None

@@ -6,19 +6,24 @@ the metric reference in docs/metrics.md is generated from this module and tested
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
+if TYPE_CHECKING:
+    # Not at run time: the CLI imports the catalogue, and prometheus_client must not be
+    # imported before a user's app sets PROMETHEUS_MULTIPROC_DIR (see celery_prom/__init__).
+    from prometheus_client.metrics_core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
 #: The prometheus_client family classes a catalogue entry can be built as.
 MetricFamily = TypeVar(
-    "MetricFamily", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    "MetricFamily", "CounterMetricFamily", "GaugeMetricFamily", "HistogramMetricFamily"
 )
 
 
@@ -54,16 +59,16 @@ class Family:
         return self.name
 
 
-_FAMILY_CLASSES: dict[MetricType, type] = {
-    MetricType.COUNTER: CounterMetricFamily,
-    MetricType.GAUGE: GaugeMetricFamily,
-    MetricType.HISTOGRAM: HistogramMetricFamily,
+_FAMILY_CLASSES = {
+    MetricType.COUNTER: "CounterMetricFamily",
+    MetricType.GAUGE: "GaugeMetricFamily",
+    MetricType.HISTOGRAM: "HistogramMetricFamily",
 }
 
 
 def new_family(family: Family, cls: type[MetricFamily]) -> MetricFamily:
     """An empty ``cls`` named, described and labelled as the catalogue entry says."""
-    if _FAMILY_CLASSES[family.type] is not cls:
+    if _FAMILY_CLASSES[family.type] != cls.__name__:
         raise TypeError(f"{family.name} is a {family.type.value}, not a {cls.__name__}")
     return cls(family.name, family.help, labels=family.labels, unit=family.unit)
 
@@ -91,6 +96,19 @@ DEFAULT_RUNTIME_BUCKETS: tuple[float, ...] = (
     3600.0,
 )
 DEFAULT_QUEUE_WAIT_BUCKETS: tuple[float, ...] = DEFAULT_RUNTIME_BUCKETS
+
+
+def bucket_bounds(buckets: Iterable[float]) -> tuple[float, ...]:
+    """Histogram bucket bounds, checked: the finite ones (``+Inf`` is always the last
+    bucket), at least one, increasing strictly; a ``ValueError`` says what is wrong."""
+    bounds = tuple(float(b) for b in buckets if b != math.inf)
+    if not bounds:
+        raise ValueError("at least one finite bucket bound is needed")
+    if any(math.isnan(b) for b in bounds) or list(bounds) != sorted(set(bounds)):
+        shown = ", ".join(f"{b:g}" for b in bounds)
+        raise ValueError(f"bucket bounds must increase strictly: {shown}")
+    return bounds
+
 
 TASK_RECEIVED = Family(
     "celery_task_received_total",
@@ -169,6 +187,15 @@ TASK_COUNTERS: tuple[Family, ...] = (
 )
 TASK_HISTOGRAMS: tuple[Family, ...] = (TASK_RUNTIME, TASK_QUEUE_WAIT)
 
+TASK_LONGEST_RUNNING = Family(
+    "celery_task_longest_running_seconds",
+    MetricType.GAUGE,
+    "How long the oldest execution of the task still running on the worker has been running, "
+    "at scrape time; the series exists only while one runs.",
+    TASK_LABELS,
+    ServedBy.WORKER,
+    unit="seconds",
+)
 WORKER_TASKS_ACTIVE = Family(
     "celery_worker_tasks_active",
     MetricType.GAUGE,
@@ -189,6 +216,23 @@ WORKER_POOL_PROCESSES = Family(
     "Pool processes (or threads) alive and able to run tasks.",
     ("hostname",),
     ServedBy.WORKER,
+)
+WORKER_POOL_PROCESSES_STARTED = Family(
+    "celery_worker_pool_processes_started_total",
+    MetricType.COUNTER,
+    "Processes the prefork pool started: the first ones and every replacement (recycled by "
+    "--max-tasks-per-child or --max-memory-per-child, or crashed). Prefork only.",
+    ("hostname",),
+    ServedBy.WORKER,
+)
+WORKER_POOL_PROCESS_MEMORY = Family(
+    "celery_worker_pool_process_resident_memory_bytes",
+    MetricType.GAUGE,
+    "Resident memory of each prefork pool process, by its pool slot (0 to concurrency-1), "
+    "read at scrape time. Prefork on Linux only.",
+    ("hostname", "process_index"),
+    ServedBy.WORKER,
+    unit="bytes",
 )
 WORKER_INFO = Family(
     "celery_worker_info",
@@ -312,8 +356,20 @@ PROM_ERRORS = Family(
 
 #: Value that replaces a label value once its cardinality cap is reached.
 OVERFLOW_LABEL_VALUE = "_other"
+
 #: Label values longer than this are dropped as invalid, never truncated into collisions.
 MAX_LABEL_VALUE_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class LabelLimits:
+    """Caps on distinct label values; values past a cap become ``OVERFLOW_LABEL_VALUE``."""
+
+    task_names: int = 5000
+    queues: int = 1000
+    hostnames: int = 2000
+    exceptions: int = 500
+
 
 #: Every family, in the order the metric reference lists them.
 CATALOGUE: tuple[Family, ...] = (
@@ -324,6 +380,9 @@ CATALOGUE: tuple[Family, ...] = (
     WORKER_TASKS_ACTIVE,
     WORKER_TASKS_RESERVED,
     WORKER_POOL_PROCESSES,
+    WORKER_POOL_PROCESSES_STARTED,
+    WORKER_POOL_PROCESS_MEMORY,
+    TASK_LONGEST_RUNNING,
     WORKER_INFO,
     WORKER_INVALID_MESSAGES,
     QUEUE_LENGTH,

@@ -7,10 +7,9 @@ of series that did not change since the last scrape.
 
 from __future__ import annotations
 
-import math
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.metrics_core import (
@@ -21,22 +20,18 @@ from prometheus_client.metrics_core import (
 from prometheus_client.utils import floatToGoString
 
 from celery_prom import metrics
-from celery_prom.metrics import OVERFLOW_LABEL_VALUE, TASK_COUNTERS, new_family
+from celery_prom.metrics import (
+    OVERFLOW_LABEL_VALUE,
+    TASK_COUNTERS,
+    LabelLimits,
+    bucket_bounds,
+    new_family,
+)
 
 SeriesKey = tuple[str, str, str]
 
 #: Index of each outcome counter inside ``TaskSeries.counters``.
 RECEIVED, STARTED, SUCCEEDED, RETRIED, REVOKED, REJECTED = range(len(TASK_COUNTERS))
-
-
-@dataclass(frozen=True)
-class LabelLimits:
-    """Caps on distinct label values; values past a cap become ``OVERFLOW_LABEL_VALUE``."""
-
-    task_names: int = 5000
-    queues: int = 1000
-    hostnames: int = 2000
-    exceptions: int = 500
 
 
 class Histogram:
@@ -266,18 +261,6 @@ def _queue_wait_of(snap: SeriesSnapshot) -> Histogram:
 def _observe(histogram: Histogram, bounds: tuple[float, ...], value: float) -> None:
     histogram.buckets[bisect_left(bounds, value)] += 1
     histogram.sum += value
-
-
-def bucket_bounds(buckets: Iterable[float]) -> tuple[float, ...]:
-    """Histogram bucket bounds, checked: the finite ones (``+Inf`` is always the last
-    bucket), at least one, increasing strictly; a ``ValueError`` says what is wrong."""
-    bounds = tuple(float(b) for b in buckets if b != math.inf)
-    if not bounds:
-        raise ValueError("at least one finite bucket bound is needed")
-    if any(math.isnan(b) for b in bounds) or list(bounds) != sorted(set(bounds)):
-        shown = ", ".join(format_value(b) for b in bounds)
-        raise ValueError(f"bucket bounds must increase strictly: {shown}")
-    return bounds
 
 
 class LabelOverflowCollector:

@@ -6,7 +6,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -28,6 +27,7 @@ from tests.support import (
     app_env,
     free_port,
     http_get,
+    stop_process,
     try_scrape,
     unique,
     wait_for,
@@ -53,6 +53,18 @@ class ExporterProcess:
 
         return wait_for(check, timeout=timeout, what=f"{what} on the exporter")
 
+    def wait_until_counting(self, worker: WorkerProcess) -> None:
+        """Until it has heard the worker's heartbeat, so it receives the worker's task events,
+        and learned the worker's queue from its active_queues, which labels its tasks."""
+        self.wait_for_scrape(
+            lambda s: s.value("celery_worker_up", hostname=worker.hostname) == 1,
+            what=f"{worker.name}'s heartbeat",
+        )
+        self.wait_for_scrape(
+            lambda s: s.value("celery_queue_length", queue_name=worker.queue) is not None,
+            what=f"{worker.name}'s queue",
+        )
+
     def health(self) -> tuple[int, dict[str, Any]]:
         try:
             return 200, json.loads(http_get(f"http://127.0.0.1:{self.port}/health"))
@@ -69,14 +81,7 @@ class ExporterProcess:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
+        return stop_process(self.process, 20)
 
 
 def exporter_env(broker: Broker | None = None, **extra: str) -> dict[str, str]:

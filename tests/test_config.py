@@ -1,96 +1,149 @@
-"""Settings: precedence, validation with one-line messages, merging with an app's own,
-masking of secrets — for the worker and for the exporter."""
+"""Settings: precedence, click types with one-line messages naming the source, merging
+with an app's own, masking of secrets — for the worker and for the exporter."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
+import click
 import pytest
+from celery import Celery
 
 from celery_prom.config import (
+    Address,
+    Buckets,
     ConfigError,
     ExporterSettings,
+    Host,
+    JobName,
     MaskingFormatter,
-    Source,
+    QueueNames,
+    TransportOption,
     WorkerSettings,
+    exporter_options,
     mask_secrets,
-    parse_buckets,
-    parse_host,
-    parse_transport_options,
+    resolve,
 )
-from celery_prom.metrics import DEFAULT_RUNTIME_BUCKETS
-from celery_prom.store import LabelLimits
+from celery_prom.metrics import DEFAULT_RUNTIME_BUCKETS, LabelLimits
 
 
-def worker(
-    cli: dict[str, Any] | None = None,
-    env: dict[str, str] | None = None,
-    conf: dict[str, Any] | None = None,
-) -> WorkerSettings:
-    return WorkerSettings.resolve(
-        Source(cli=cli or {}, env=env or {}, conf=conf or {}, cli_prefix="prom_")
-    )
+@pytest.fixture(autouse=True)
+def no_celery_prom_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("CELERY_PROM_")]:
+        monkeypatch.delenv(name)
+
+
+def app_with(**conf: Any) -> Celery:
+    app = Celery("cptest_config", set_as_current=False)
+    app.conf.update(conf)
+    return app
+
+
+def worker(cli: dict[str, Any] | None = None, **conf: Any) -> WorkerSettings:
+    return WorkerSettings.resolve(app_with(**conf), cli or {})
 
 
 def test_worker_defaults() -> None:
     settings = worker()
 
-    assert (settings.port, settings.host, settings.enabled) == (9808, "0.0.0.0", True)
+    assert (settings.port, settings.host, settings.web_config, settings.enabled) == (
+        9808,
+        "0.0.0.0",
+        None,
+        True,
+    )
     assert settings.runtime_buckets == DEFAULT_RUNTIME_BUCKETS
     assert settings.limits == LabelLimits()
 
 
-def test_worker_command_line_beats_environment_beats_app_conf() -> None:
+def test_worker_command_line_beats_environment_beats_app_conf(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     conf = {"celery_prom_port": 1000, "celery_prom_host": "10.0.0.1"}
-    env = {"CELERY_PROM_PORT": "2000"}
 
-    assert worker(conf=conf).port == 1000
-    assert worker(env=env, conf=conf).port == 2000
-    assert worker(cli={"prom_port": "3000"}, env=env, conf=conf).port == 3000
-    assert worker(cli={"prom_port": None}, env=env, conf=conf).host == "10.0.0.1"
-
-
-def test_port_zero_turns_metrics_off() -> None:
-    assert worker(env={"CELERY_PROM_PORT": "0"}).enabled is False
+    assert worker(**conf).port == 1000
+    monkeypatch.setenv("CELERY_PROM_PORT", "2000")
+    assert worker(**conf).port == 2000
+    assert worker({"prom_port": 3000}, **conf).port == 3000
+    assert worker({"prom_port": None}, **conf).host == "10.0.0.1"
 
 
-def test_an_empty_environment_variable_counts_as_unset() -> None:
-    assert worker(env={"CELERY_PROM_PORT": ""}, conf={"celery_prom_port": 1234}).port == 1234
+def test_worker_buckets_and_caps_come_from_the_environment_and_app_conf(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CELERY_PROM_RUNTIME_BUCKETS", "0.5,2")
+    monkeypatch.setenv("CELERY_PROM_MAX_QUEUES", "7")
+
+    settings = worker(
+        celery_prom_runtime_buckets=[9, 10],
+        celery_prom_queue_wait_buckets=[1, 60],
+        celery_prom_max_task_names=3,
+    )
+
+    assert (settings.runtime_buckets, settings.queue_wait_buckets) == ((0.5, 2.0), (1.0, 60.0))
+    assert settings.limits == LabelLimits(task_names=3, queues=7)
+
+
+def test_port_zero_turns_metrics_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERY_PROM_PORT", "0")
+
+    assert worker().enabled is False
+
+
+def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERY_PROM_PORT", "")
+
+    assert worker(celery_prom_port=1234).port == 1234
 
 
 @pytest.mark.parametrize(
-    ("source", "message"),
+    ("env", "conf", "message"),
     [
-        ({"cli": {"prom_port": "abc"}}, "invalid value for --prom-port: 'abc' is not an integer"),
         (
-            {"env": {"CELERY_PROM_PORT": "70000"}},
-            "invalid value for CELERY_PROM_PORT: 70000 is not a port number (0-65535, 0 disables)",
+            {"CELERY_PROM_PORT": "70000"},
+            {},
+            "Invalid value for 'CELERY_PROM_PORT': 70000 is not in the range 0<=x<=65535.",
         ),
         (
-            {"conf": {"celery_prom_port": True}},
-            "invalid value for app.conf.celery_prom_port: True is not an integer",
+            {},
+            {"celery_prom_port": "abc"},
+            "Invalid value for 'app.conf.celery_prom_port': 'abc' is not a valid integer range.",
         ),
         (
-            {"env": {"CELERY_PROM_HOST": "not a host!"}},
-            "invalid value for CELERY_PROM_HOST: 'not a host!' is not a host name or IP address",
+            {"CELERY_PROM_HOST": "not a host!"},
+            {},
+            "Invalid value for 'CELERY_PROM_HOST': 'not a host!' is not a host name or IP address.",
         ),
         (
-            {"env": {"CELERY_PROM_RUNTIME_BUCKETS": "1,0.5"}},
-            "invalid value for CELERY_PROM_RUNTIME_BUCKETS: bucket bounds must increase "
-            "strictly: 1.0, 0.5",
+            {"CELERY_PROM_RUNTIME_BUCKETS": "1,0.5"},
+            {},
+            "Invalid value for 'CELERY_PROM_RUNTIME_BUCKETS': bucket bounds must increase "
+            "strictly: 1, 0.5.",
         ),
         (
-            {"env": {"CELERY_PROM_MAX_TASK_NAMES": "0"}},
-            "invalid value for CELERY_PROM_MAX_TASK_NAMES: 0 is not a positive integer",
+            {},
+            {"celery_prom_max_task_names": 0},
+            "Invalid value for 'app.conf.celery_prom_max_task_names': 0 is not in the range x>=1.",
+        ),
+        (
+            {"CELERY_PROM_MAX_EXCEPTIONS": "redis://:hunter2@db/0"},
+            {},
+            "Invalid value for 'CELERY_PROM_MAX_EXCEPTIONS': 'redis://:**@db/0' is not a valid "
+            "integer range.",
         ),
     ],
 )
-def test_bad_worker_values_name_their_source_in_one_line(
-    source: dict[str, Any], message: str
+def test_bad_worker_values_name_their_source_in_one_masked_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], conf: dict[str, Any], message: str
 ) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
     with pytest.raises(ConfigError) as error:
-        worker(**source)
+        worker(**conf)
 
     assert str(error.value) == message
 
@@ -103,14 +156,14 @@ def test_bad_worker_values_name_their_source_in_one_line(
         ([1, 2], (1.0, 2.0)),
     ],
 )
-def test_buckets_parse_from_text_or_lists(value: Any, expected: tuple[float, ...]) -> None:
-    assert parse_buckets(value) == expected
+def test_buckets_convert_from_text_or_lists(value: Any, expected: tuple[float, ...]) -> None:
+    assert Buckets().convert(value, None, None) == expected
 
 
-@pytest.mark.parametrize("value", ["", "nan", "a,b", "inf", 5])
+@pytest.mark.parametrize("value", ["", "nan", "a,b", "inf", 5, "2,1"])
 def test_unusable_buckets_are_refused(value: Any) -> None:
-    with pytest.raises(ValueError, match=r"bucket|number"):
-        parse_buckets(value)
+    with pytest.raises(click.BadParameter, match=r"bucket|number"):
+        Buckets().convert(value, None, None)
 
 
 @pytest.mark.parametrize(
@@ -123,22 +176,93 @@ def test_unusable_buckets_are_refused(value: Any) -> None:
     ],
 )
 def test_hosts(value: str, expected: str) -> None:
-    assert parse_host(value) == expected
+    assert Host().convert(value, None, None) == expected
 
 
-def resolve(
-    cli: dict[str, object] | None = None,
-    env: dict[str, str] | None = None,
-    conf: dict[str, object] | None = None,
-    **defaults: object,
-) -> ExporterSettings:
-    return ExporterSettings.resolve(
-        Source(cli=cli or {}, env=env or {}, conf=conf or {}), **defaults
-    )  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("exporter.internal:9100", "exporter.internal:9100"),
+        ("10.0.0.7:9808", "10.0.0.7:9808"),
+        ("[fd00::7]:9808", "[fd00::7]:9808"),
+    ],
+)
+def test_addresses(value: str, expected: str) -> None:
+    assert Address().convert(value, None, None) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("exporter", "'exporter' is not host:port."),
+        (":9808", "':9808' is not host:port."),
+        ("exporter:http", "'exporter:http' is not host:port."),
+        ("exporter:0", "0 is not in the range 1<=x<=65535."),
+        ("bad host:9808", "'bad host' is not a host name or IP address."),
+    ],
+)
+def test_unusable_addresses_are_refused(value: str, message: str) -> None:
+    with pytest.raises(click.BadParameter) as refused:
+        Address().convert(value, None, None)
+    assert refused.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [("celery-worker", True), ("workers_2", True), ("a b", False), ("", False), ('x"', False)],
+)
+def test_job_names_are_plain_words(value: str, accepted: bool) -> None:
+    if accepted:
+        assert JobName().convert(value, None, None) == value
+    else:
+        with pytest.raises(click.BadParameter, match="is not a job name"):
+            JobName().convert(value, None, None)
+
+
+def test_queue_names_are_comma_separated() -> None:
+    assert QueueNames().convert(" a,b,,c ", None, None) == ("a", "b", "c")
+
+
+def test_a_too_long_queue_name_is_refused() -> None:
+    with pytest.raises(click.BadParameter, match="longer than 256 characters"):
+        QueueNames().convert("q" * 257, None, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "options"),
+    [
+        ("global_keyprefix=app:", {"global_keyprefix": "app:"}),
+        ("priority_steps=[0,5]", {"priority_steps": [0, 5]}),
+        ('{"max_retries": 3, "flag": true}', {"max_retries": 3, "flag": True}),
+        ('name="123"', {"name": "123"}),
+    ],
+)
+def test_transport_options_from_text(text: str, options: dict[str, object]) -> None:
+    assert TransportOption().convert(text, None, None) == options
+
+
+@pytest.mark.parametrize(
+    ("text", "items"),
+    [
+        (
+            "global_keyprefix=app:;visibility_timeout=5",
+            ["global_keyprefix=app:", "visibility_timeout=5"],
+        ),
+        ('{"a": "x;y"}', ['{"a": "x;y"}']),
+    ],
+)
+def test_transport_options_in_the_environment_split_at_semicolons(
+    text: str, items: list[str]
+) -> None:
+    assert TransportOption().split_envvar_value(text) == items
+
+
+def exporter_values(app: Any = None, **given: Any) -> dict[str, Any]:
+    return resolve(exporter_options(), app, given)
 
 
 def test_exporter_defaults() -> None:
-    settings = resolve({"broker_url": "redis://localhost:6379/0"})
+    settings = ExporterSettings.from_options(exporter_values(broker_url="redis://localhost/0"))
     assert (
         settings.port,
         settings.host,
@@ -146,43 +270,51 @@ def test_exporter_defaults() -> None:
         dict(settings.transport_options),
         settings.worker_timeout,
         settings.purge_offline_after,
+        settings.broker_timeout,
         settings.log_level,
         settings.event_exchange,
-    ) == (9808, "0.0.0.0", (), {}, 30.0, 600.0, "INFO", "celeryev")
+        settings.web_config,
+        settings.limits,
+    ) == (9808, "0.0.0.0", (), {}, 30.0, 600.0, 2.0, "INFO", "celeryev", None, LabelLimits())
 
 
-def test_exporter_command_line_beats_environment_beats_app_conf() -> None:
-    settings = resolve(
-        cli={"port": "1111"},
-        env={
-            "CELERY_PROM_PORT": "2222",
-            "CELERY_PROM_WORKER_TIMEOUT": "5",
-            "CELERY_PROM_BROKER_URL": "amqp://guest:guest@localhost//",
-        },
-        conf={
-            "celery_prom_port": 3333,
-            "celery_prom_worker_timeout": 7,
-            "celery_prom_purge_offline_after": 60,
-        },
+def test_the_exporter_reads_the_app_conf_and_the_app_event_exchange() -> None:
+    app = app_with(
+        event_exchange="app-events",
+        celery_prom_queues="a,b",
+        celery_prom_broker_transport_option={"visibility_timeout": 5},
+        celery_prom_log_level="debug",
     )
-    assert (
-        settings.port,
-        settings.worker_timeout,
-        settings.purge_offline_after,
-        settings.broker_url,
-    ) == (1111, 5.0, 60.0, "amqp://guest:guest@localhost//")
+
+    settings = ExporterSettings.from_options(exporter_values(app, broker_url="redis://h/0"))
+
+    assert (settings.event_exchange, settings.queues, settings.log_level) == (
+        "app-events",
+        ("a", "b"),
+        "DEBUG",
+    )
+    assert dict(settings.transport_options) == {"visibility_timeout": 5}
+
+
+def test_celery_prom_event_exchange_beats_the_app_event_exchange() -> None:
+    app = app_with(event_exchange="app-events", celery_prom_event_exchange="prom-events")
+
+    assert exporter_values(app)["event_exchange"] == "prom-events"
 
 
 def test_queues_and_transport_options_add_to_the_app_ones() -> None:
-    settings = resolve(
-        cli={
-            "queues": ("a,b", "c"),
-            "broker_transport_option": ("visibility_timeout=10", "priority_steps=[0,5]"),
-        },
+    options = exporter_values(
+        queues=(("a", "b"), ("c",)),
+        broker_transport_option=({"visibility_timeout": 10}, {"priority_steps": [0, 5]}),
+    )
+
+    settings = ExporterSettings.from_options(
+        options,
         default_broker_url="redis://h/0",
         default_queues=["celery", "a"],
         default_transport_options={"visibility_timeout": 99, "global_keyprefix": "p:"},
     )
+
     assert settings.queues == ("celery", "a", "b", "c")
     assert dict(settings.transport_options) == {
         "visibility_timeout": 10,
@@ -191,57 +323,9 @@ def test_queues_and_transport_options_add_to_the_app_ones() -> None:
     }
 
 
-@pytest.mark.parametrize(
-    ("text", "options"),
-    [
-        (
-            "global_keyprefix=app:;visibility_timeout=5",
-            {"global_keyprefix": "app:", "visibility_timeout": 5},
-        ),
-        ('{"max_retries": 3, "flag": true}', {"max_retries": 3, "flag": True}),
-        ('name="123"', {"name": "123"}),
-    ],
-)
-def test_transport_options_from_text(text: str, options: dict[str, object]) -> None:
-    assert parse_transport_options(text) == options
-
-
-@pytest.mark.parametrize(
-    ("env", "message"),
-    [
-        (
-            {"CELERY_PROM_PURGE_OFFLINE_AFTER": "soon"},
-            "invalid value for CELERY_PROM_PURGE_OFFLINE_AFTER: 'soon' is not a number of seconds",
-        ),
-        (
-            {"CELERY_PROM_BROKER_TIMEOUT": "0"},
-            "invalid value for CELERY_PROM_BROKER_TIMEOUT: '0' is not a positive number of seconds",
-        ),
-        (
-            {"CELERY_PROM_BROKER_TRANSPORT_OPTION": "{bad"},
-            "invalid value for CELERY_PROM_BROKER_TRANSPORT_OPTION: transport options are not a "
-            "valid JSON object",
-        ),
-        (
-            {"CELERY_PROM_PORT": "0"},
-            "invalid value for CELERY_PROM_PORT: 0 is not a port number (1-65535)",
-        ),
-        (
-            {"CELERY_PROM_RUNTIME_BUCKETS": "2,1"},
-            "invalid value for CELERY_PROM_RUNTIME_BUCKETS: bucket bounds must increase strictly: "
-            "2.0, 1.0",
-        ),
-    ],
-)
-def test_bad_exporter_values_name_their_source(env: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError) as error:
-        resolve({"broker_url": "redis://h/0"}, env=env)
-    assert str(error.value) == message
-
-
 def test_the_broker_url_is_required() -> None:
     with pytest.raises(ConfigError, match="no broker URL"):
-        resolve()
+        ExporterSettings.from_options(exporter_values())
 
 
 @pytest.mark.parametrize(
@@ -278,7 +362,7 @@ def test_log_records_and_their_tracebacks_are_masked() -> None:
             1,
             "using %s",
             ("amqp://u:hunter2@mq//",),
-            exc_info=__import__("sys").exc_info(),
+            exc_info=sys.exc_info(),
         )
     text = formatter.format(record)
     assert "hunter2" not in text

@@ -13,8 +13,9 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from celery_prom.exposition import TaskExposition
+from celery_prom.metrics import LabelLimits
 from celery_prom.recorder import Recorder
-from celery_prom.store import LabelLimits, TaskStore
+from celery_prom.store import TaskStore
 from tests.support import promtool_check_metrics
 
 EVENT_TYPES = [

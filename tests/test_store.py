@@ -6,11 +6,10 @@ import threading
 
 import pytest
 
-from celery_prom.metrics import OVERFLOW_LABEL_VALUE
+from celery_prom.metrics import OVERFLOW_LABEL_VALUE, LabelLimits
 from celery_prom.store import (
     RECEIVED,
     SUCCEEDED,
-    LabelLimits,
     LabelOverflowCollector,
     TaskStore,
     cumulative_buckets,

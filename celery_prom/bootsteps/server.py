@@ -20,9 +20,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from celery_prom import faults
+from celery_prom.bootsteps.pool_processes import PoolProcesses
 from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
 from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
-from celery_prom.config import ConfigError, OptionError, Source, WorkerSettings
+from celery_prom.config import ConfigError, OptionError, WorkerSettings
 from celery_prom.endpoint import MetricsEndpoint
 from celery_prom.faults import ContainedCollector, Faults
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
@@ -98,8 +99,10 @@ class WorkerMetrics:
         self.endpoint = MetricsEndpoint(settings)
         self.recorder = self.endpoint.recorder
         self.invalid_messages = MessageTally()
+        self.pool_processes = PoolProcesses(worker, hostname, faults)
         for collector in (
             WorkerStateCollector(worker, hostname, self.invalid_messages),
+            self.pool_processes,
             self.recorder,
             LabelOverflowCollector(self.endpoint.store),
             user_metrics,
@@ -126,10 +129,10 @@ class WorkerMetrics:
         return self.endpoint.health(tap_error is None, checks)
 
 
-def worker_settings(app: Any, cli: Mapping[str, Any], env: Mapping[str, str]) -> WorkerSettings:
+def worker_settings(app: Any, cli: Mapping[str, Any]) -> WorkerSettings:
     """The worker's settings, or a one-line usage error naming the bad value's source."""
     try:
-        return WorkerSettings.resolve(Source(cli=cli, env=env, conf=app.conf, cli_prefix="prom_"))
+        return WorkerSettings.resolve(app, cli)
     except ConfigError as exc:
         raise OptionError(f"celery-prom: {exc}") from None
 
@@ -146,11 +149,12 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def __init__(self, w: Any, **kwargs: Any) -> None:
         cli = {name: kwargs.get(name) for name in CLI_OPTIONS}
-        settings = worker_settings(w.app, cli, os.environ)
+        settings = worker_settings(w.app, cli)
         self.enabled = settings.enabled
         self.faults = Faults()
         self.server: MetricsServer | None = None
         self.user_metrics: UserMetrics | None = None
+        self.pool_processes: PoolProcesses | None = None
         self._main_pid = os.getpid()
         if self.enabled:
             try:
@@ -170,6 +174,8 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         self.user_metrics = user_metrics_for(os.environ, self.faults)
         worker_metrics = WorkerMetrics(w, w.hostname, settings, self.user_metrics, self.faults)
         setattr(w, METRICS_ATTRIBUTE, worker_metrics)
+        self.pool_processes = worker_metrics.pool_processes
+        self.pool_processes.connect()  # before the Pool step creates the pool's children
         w.app.steps["consumer"].add(TaskEventTap)
         self.server = _bind(
             settings,
@@ -200,6 +206,8 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def _release(self) -> None:
         signals.worker_process_init.disconnect(self._close_inherited_socket)
+        if self.pool_processes is not None:
+            self.pool_processes.disconnect()
         server, self.server = self.server, None
         user_metrics, self.user_metrics = self.user_metrics, None
         if server is not None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import celery
@@ -12,6 +13,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from celery_prom import __version__, metrics
 from celery_prom.metrics import new_family
+from celery_prom.recorder import DEFAULT_QUEUE
 
 # Pool class modules and the name users pass to ``--pool`` for them.
 _POOL_NAMES: Mapping[str, str] = {"thread": "threads"}
@@ -48,7 +50,7 @@ class MessageTally:
 
 
 class WorkerStateCollector:
-    """Active, reserved, pool size and info of one worker, fresh on every scrape."""
+    """Active, reserved and longest running tasks and info of one worker, fresh each scrape."""
 
     def __init__(self, worker: Any, hostname: str, invalid_messages: MessageTally) -> None:
         self._worker = worker
@@ -63,7 +65,9 @@ class WorkerStateCollector:
         waiting += len(scheduled_requests())
         yield _gauge(metrics.WORKER_TASKS_ACTIVE, host, active)
         yield _gauge(metrics.WORKER_TASKS_RESERVED, host, waiting)
-        yield _gauge(metrics.WORKER_POOL_PROCESSES, host, pool_processes(self._worker.pool))
+        # A copy first: the consumer adds and removes requests while the scrape reads them.
+        running = tuple(worker_state.active_requests)
+        yield longest_running(self._hostname, running, time.time())
         info = (self._hostname, celery.__version__, pool_name(self._worker.pool), __version__)
         yield _gauge(metrics.WORKER_INFO, info, 1)
         invalid = new_family(metrics.WORKER_INVALID_MESSAGES, CounterMetricFamily)
@@ -83,23 +87,24 @@ def pool_name(pool: Any) -> str:
     return type(pool).__name__
 
 
-def pool_processes(pool: Any) -> int:
-    """Pool processes that have not exited, or the pool's capacity for thread-like pools.
+def longest_running(hostname: str, requests: Iterable[Any], now: float) -> GaugeMetricFamily:
+    """Per task name and queue, the age of the oldest execution among ``requests``.
 
-    For prefork this reads billiard's own bookkeeping instead of polling the children:
-    reaping them from the scrape thread would race with billiard's supervisor.
+    ``Request.time_start`` is the wall-clock time the pool accepted the task, None until
+    then (checked against Celery 5.3 to 5.7).
     """
-    if pool is None:
-        return 0
-    processes = getattr(getattr(pool, "_pool", None), "_pool", None)
-    if isinstance(processes, list):
-        return sum(1 for process in processes if _has_not_exited(process))
-    return int(getattr(pool, "limit", None) or 1)
-
-
-def _has_not_exited(process: Any) -> bool:
-    popen = getattr(process, "_popen", None)
-    return popen is not None and getattr(popen, "returncode", None) is None
+    oldest: dict[tuple[str, str, str], float] = {}
+    for request in requests:
+        started = request.time_start
+        if started is None:
+            continue
+        queue = (request.delivery_info or {}).get("routing_key") or DEFAULT_QUEUE
+        key = (str(request.name), hostname, str(queue))
+        oldest[key] = min(started, oldest.get(key, started))
+    family = new_family(metrics.TASK_LONGEST_RUNNING, GaugeMetricFamily)
+    for key, started in sorted(oldest.items()):
+        family.add_metric(key, max(0.0, now - started))
+    return family
 
 
 def _gauge(family: metrics.Family, labels: tuple[str, ...], value: float) -> GaugeMetricFamily:

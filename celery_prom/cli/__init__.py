@@ -1,1 +1,1 @@
-"""Command line: ``celery-prom exporter`` and ``demo``, and ``celery -A proj prom``."""
+"""Command line: ``celery-prom exporter``, ``demo`` and ``monitoring``; ``celery -A proj prom``."""

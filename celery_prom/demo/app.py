@@ -16,13 +16,7 @@ from celery import Celery
 from kombu.entity import Queue
 
 import celery_prom
-
-#: Environment variables the runner sets for the worker and exporter it starts.
-BROKER_ENV = "CELERY_PROM_DEMO_BROKER"
-TRANSPORT_OPTIONS_ENV = "CELERY_PROM_DEMO_TRANSPORT_OPTIONS"
-
-DEFAULT_QUEUE = "celery-prom-demo"
-REPORTS_QUEUE = "celery-prom-demo-reports"
+from celery_prom.demo.names import BROKER_ENV, DEFAULT_QUEUE, REPORTS_QUEUE, TRANSPORT_OPTIONS_ENV
 
 
 class OutOfStock(Exception):

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_prom.config import mask_secrets
-from celery_prom.demo.app import BROKER_ENV, DEFAULT_QUEUE, REPORTS_QUEUE, TRANSPORT_OPTIONS_ENV
+from celery_prom.demo.names import BROKER_ENV, DEFAULT_QUEUE, REPORTS_QUEUE, TRANSPORT_OPTIONS_ENV
 from celery_prom.demo.traffic import send_traffic
 
 #: How long a child gets to shut down on its own before it is killed.

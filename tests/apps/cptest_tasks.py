@@ -25,6 +25,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=int(os.environ.get("CPTEST_PREFETCH", "4")),
 )
+# More settings as one JSON object, such as celery-prom's own (celery_prom_port, ...).
+app.conf.update(json.loads(os.environ.get("CPTEST_CONF", "{}")))
 # "install": celery_prom.install(app); "step": only the worker step class; "none": plain.
 _INSTRUMENTATION = os.environ.get("CPTEST_INSTRUMENTATION", "install")
 if _INSTRUMENTATION == "install":
@@ -69,6 +71,16 @@ def noop() -> None:
 @app.task
 def fail(exception: str) -> None:
     raise _EXCEPTIONS[exception]("boom")
+
+
+#: What ``hold_memory`` allocated, kept for the pool process's lifetime.
+_HELD: list[bytes] = []
+
+
+@app.task
+def hold_memory(megabytes: int) -> None:
+    """Allocate and keep ``megabytes`` MiB in the pool process that runs it."""
+    _HELD.append(b"x" * (megabytes * 1024 * 1024))  # written, so resident
 
 
 @app.task

@@ -51,10 +51,15 @@ def run_worker_command(
 
 
 def our_lines(output: str) -> list[str]:
-    """What the worker printed, minus Celery's warning about running as root."""
+    """What the worker printed, minus Celery's warning about running as root: from its
+    ``SecurityWarning:`` line to the indented line of source that issued it (which differs
+    between Celery versions)."""
     lines = output.strip().splitlines()
-    start = next((i for i, line in enumerate(lines) if "_warn_or_raise_security_error" in line), -1)
-    return lines[start + 1 :]
+    warning = next((i for i, line in enumerate(lines) if "SecurityWarning:" in line), None)
+    if warning is None:
+        return lines
+    source = next(i for i in range(warning + 1, len(lines)) if lines[i].startswith(" "))
+    return lines[source + 1 :]
 
 
 def test_a_busy_port_stops_the_worker_with_one_line(redis_broker: Broker) -> None:
@@ -73,19 +78,66 @@ def test_a_busy_port_stops_the_worker_with_one_line(redis_broker: Broker) -> Non
     ]
 
 
+SECRET_URL = "redis://:Sentinel-p4ss-0c1d@127.0.0.1:1/0"
+BAD_PORT_EVERYWHERE = {"CELERY_PROM_PORT": "env", "CPTEST_CONF": '{"celery_prom_port": "conf"}'}
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (("--prom-port", "http"), {}, "invalid value for --prom-port: 'http' is not an integer"),
+        (
+            ("--prom-port", "http"),
+            {},
+            "Invalid value for '--prom-port': 'http' is not a valid integer range.",
+        ),
         (
             (),
             {"CELERY_PROM_PORT": "99999"},
-            "invalid value for CELERY_PROM_PORT: 99999 is not a port number (0-65535, 0 disables)",
+            "Invalid value for 'CELERY_PROM_PORT': 99999 is not in the range 0<=x<=65535.",
+        ),
+        (
+            (),
+            {"CPTEST_CONF": '{"celery_prom_port": -1}'},
+            "Invalid value for 'app.conf.celery_prom_port': -1 is not in the range 0<=x<=65535.",
         ),
         (
             ("--prom-host", "what?"),
             {},
-            "invalid value for --prom-host: 'what?' is not a host name or IP address",
+            "Invalid value for '--prom-host': 'what?' is not a host name or IP address.",
+        ),
+        # A bad value names the source that won: each beats the ones after it.
+        (
+            ("--prom-port", "cli"),
+            BAD_PORT_EVERYWHERE,
+            "Invalid value for '--prom-port': 'cli' is not a valid integer range.",
+        ),
+        (
+            (),
+            BAD_PORT_EVERYWHERE,
+            "Invalid value for 'CELERY_PROM_PORT': 'env' is not a valid integer range.",
+        ),
+        (
+            ("--prom-port", SECRET_URL),
+            {},
+            "Invalid value for '--prom-port': 'redis://:**@127.0.0.1:1/0' is not a valid "
+            "integer range.",
+        ),
+        # With only the step added, the settings are read from the environment and app.conf.
+        (
+            (),
+            {"CPTEST_INSTRUMENTATION": "step", **BAD_PORT_EVERYWHERE},
+            "Invalid value for 'CELERY_PROM_PORT': 'env' is not a valid integer range.",
+        ),
+        (
+            (),
+            {"CPTEST_INSTRUMENTATION": "step", "CPTEST_CONF": '{"celery_prom_port": "conf"}'},
+            "Invalid value for 'app.conf.celery_prom_port': 'conf' is not a valid integer range.",
+        ),
+        (
+            (),
+            {"CELERY_PROM_RUNTIME_BUCKETS": SECRET_URL},
+            "Invalid value for 'CELERY_PROM_RUNTIME_BUCKETS': 'redis://:**@127.0.0.1:1/0' is "
+            "not a list of numbers.",
         ),
     ],
 )
@@ -96,6 +148,29 @@ def test_bad_options_stop_the_worker_with_one_line_and_status_2(
 
     assert result.returncode == 2
     assert our_lines(result.stdout + result.stderr) == [f"Error: celery-prom: {message}"]
+
+
+def test_worker_help_shows_the_options_types_defaults_and_environment_variables(
+    redis_broker: Broker,
+) -> None:
+    result = run_worker_command(
+        redis_broker, "--help", env={"CPTEST_CONF": '{"celery_prom_host": "10.0.0.5"}'}
+    )
+    text = " ".join(result.stdout.split())
+
+    assert result.returncode == 0
+    for entry in [
+        "celery-prom Options: --prom-",
+        "--prom-port INTEGER RANGE Port of the worker's /metrics endpoint; 0 turns metrics "
+        "off. App setting: celery_prom_port. "
+        "[env var: CELERY_PROM_PORT; default: 9808; 0<=x<=65535]",
+        # The app's setting is the default: the command line and the environment beat it.
+        "--prom-host HOST Address the endpoint listens on. App setting: celery_prom_host. "
+        "[env var: CELERY_PROM_HOST; default: 10.0.0.5]",
+        "--prom-web-config FILE",
+        "[env var: CELERY_PROM_WEB_CONFIG]",
+    ]:
+        assert entry in text
 
 
 def test_port_zero_on_the_command_line_turns_the_endpoint_off(
@@ -110,6 +185,18 @@ def test_port_zero_on_the_command_line_turns_the_endpoint_off(
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
         assert "celery-prom" not in worker.output()
+
+
+def test_the_endpoint_can_be_configured_in_app_conf(redis_broker: Broker, tmp_path: Path) -> None:
+    port = free_port()
+    conf = {"celery_prom_port": port, "celery_prom_host": "127.0.0.1"}
+    # An empty variable counts as unset, so app.conf applies.
+    env = {"CELERY_PROM_PORT": "", "CELERY_PROM_HOST": "", "CPTEST_CONF": json.dumps(conf)}
+
+    with running_worker(redis_broker, tmp_path, pool="solo", port=port, env=env):
+        health = json.loads(http_get(f"http://127.0.0.1:{port}/health"))
+
+    assert health == {"healthy": True, "checks": {"metrics": "ok", "tap": "installed"}}
 
 
 @pytest.mark.slow

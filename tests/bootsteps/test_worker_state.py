@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,13 +24,24 @@ from celery_prom.bootsteps.worker_state import (
     INVALID_UNRECOGNIZED,
     MessageTally,
     WorkerStateCollector,
+    longest_running,
     pool_name,
-    pool_processes,
 )
+from tests.support import Broker, load_test_app, running_worker
 
 
 class _Request:
     """Stands in for a task request in Celery's weak request sets."""
+
+    def __init__(
+        self, name: str = "proj.add", time_start: float | None = None, queue: str = "celery"
+    ) -> None:
+        self.name = name
+        self.time_start = time_start
+        self.delivery_info = {"routing_key": queue}
+
+
+SCHEDULED = getattr(celery_state, "scheduled_requests", None)
 
 
 class _CustomPool:
@@ -53,23 +66,6 @@ def test_pool_name_without_a_pool() -> None:
     assert pool_name(None) == "none"
 
 
-def _process(returncode: int | None) -> SimpleNamespace:
-    return SimpleNamespace(_popen=SimpleNamespace(returncode=returncode))
-
-
-def test_prefork_processes_count_only_children_that_have_not_exited() -> None:
-    children = [_process(None), _process(None), _process(-9), SimpleNamespace(_popen=None)]
-    pool = SimpleNamespace(_pool=SimpleNamespace(_pool=children))
-
-    assert pool_processes(pool) == 2
-
-
-def test_thread_like_pools_report_their_limit_and_solo_one() -> None:
-    assert pool_processes(_CustomPool()) == 3
-    assert pool_processes(SimpleNamespace(limit=None)) == 1
-    assert pool_processes(None) == 0
-
-
 def test_message_tally_counts_by_reason_in_order_from_many_threads() -> None:
     tally = MessageTally()
 
@@ -91,20 +87,21 @@ def test_message_tally_counts_by_reason_in_order_from_many_threads() -> None:
 
 @pytest.fixture
 def requests_in_flight() -> Iterator[list[_Request]]:
-    """Two active requests, three reserved (the two active among them), one scheduled."""
-    held = [_Request() for _ in range(4)]
+    """Two active requests, three reserved (the two active among them), one scheduled
+    (where Celery keeps scheduled requests apart: 5.7 and later)."""
+    now = time.time()
+    held = [_Request(time_start=now - 30), _Request(time_start=now - 10), _Request(), _Request()]
     active, also_active, waiting, scheduled = held
     celery_state.active_requests.update((active, also_active))
     celery_state.reserved_requests.update((active, also_active, waiting))
-    celery_state.scheduled_requests.add(scheduled)
+    request_sets = [celery_state.active_requests, celery_state.reserved_requests]
+    if SCHEDULED is not None:
+        SCHEDULED.add(scheduled)
+        request_sets.append(SCHEDULED)
     try:
         yield held
     finally:
-        for request_set in (
-            celery_state.active_requests,
-            celery_state.reserved_requests,
-            celery_state.scheduled_requests,
-        ):
+        for request_set in request_sets:
             for request in held:
                 request_set.discard(request)
 
@@ -112,17 +109,65 @@ def requests_in_flight() -> Iterator[list[_Request]]:
 def test_collect_reads_the_workers_state_at_scrape_time(requests_in_flight: Any) -> None:
     tally = MessageTally()
     tally.add(INVALID_TASK)
-    worker = SimpleNamespace(pool=SimpleNamespace(limit=4))
     registry = CollectorRegistry()
-    registry.register(WorkerStateCollector(worker, "w1@host", tally))
+    registry.register(WorkerStateCollector(SimpleNamespace(pool=None), "w1@host", tally))
     host = {"hostname": "w1@host"}
 
     def value(name: str, labels: dict[str, str] = host) -> float | None:
         return registry.get_sample_value(name, labels)
 
     assert value("celery_worker_tasks_active") == 2
-    assert value("celery_worker_tasks_reserved") == 2  # one waiting, one scheduled
-    assert value("celery_worker_pool_processes") == 4
-    info = {**host, "celery_version": celery.__version__, "pool": "SimpleNamespace"}
+    # One waiting, and one scheduled where Celery keeps them apart.
+    assert value("celery_worker_tasks_reserved") == (1 if SCHEDULED is None else 2)
+    task = {**host, "name": "proj.add", "queue_name": "celery"}
+    longest = value("celery_task_longest_running_seconds", task)
+    assert longest is not None
+    assert 30 <= longest < 40
+    info = {**host, "celery_version": celery.__version__, "pool": "none"}
     assert value("celery_worker_info", {**info, "celery_prom_version": __version__}) == 1
     assert value("celery_worker_invalid_messages_total", {**host, "reason": INVALID_TASK}) == 1
+
+
+def test_longest_running_is_the_oldest_execution_per_task_and_queue() -> None:
+    requests = [
+        _Request("a", time_start=100.0),
+        _Request("a", time_start=90.0),
+        _Request("a", time_start=95.0, queue="other"),
+        _Request("b", time_start=None),  # not accepted by the pool yet
+    ]
+
+    family = longest_running("w@h", requests, now=110.0)
+
+    assert {tuple(sample.labels.values()): sample.value for sample in family.samples} == {
+        ("a", "w@h", "celery"): 20.0,
+        ("a", "w@h", "other"): 15.0,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_running_task_shows_its_age_until_it_ends(
+    pool: str, redis_broker: Broker, tmp_path: Path
+) -> None:
+    longest = "celery_task_longest_running_seconds"
+    with running_worker(redis_broker, tmp_path, pool=pool, concurrency=2) as worker:
+        app = load_test_app(redis_broker, worker.queue)
+        sent = time.time()
+        app.send_task("cptest_tasks.sleep", (4,))
+        app.send_task("cptest_tasks.noop")
+        task = {
+            "name": "cptest_tasks.sleep",
+            "hostname": worker.hostname,
+            "queue_name": worker.queue,
+        }
+        running = worker.wait_for_scrape(
+            lambda s: (s.value(longest, **task) or 0) >= 1.0, what="the sleep to run 1 s"
+        )
+        age = running.value(longest, **task)
+        assert age is not None
+        assert age <= time.time() - sent
+        assert set(running.series(longest)) == {frozenset(task.items())}  # noop finished
+        worker.wait_for_scrape(
+            lambda s: s.value("celery_task_succeeded_total", **task) == 1, what="the sleep to end"
+        )
+        assert worker.scrape().series(longest) == {}

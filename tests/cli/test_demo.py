@@ -13,26 +13,29 @@ from tests.support import REPO
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--worker-port", "abc"], "invalid value for --worker-port: 'abc' is not an integer"),
+        (
+            ["--worker-port", "abc"],
+            "Invalid value for '--worker-port': 'abc' is not a valid integer range.",
+        ),
         (
             ["--exporter-port", "70000"],
-            "invalid value for --exporter-port: 70000 is not a port number (1-65535)",
+            "Invalid value for '--exporter-port': 70000 is not in the range 1<=x<=65535.",
         ),
         (
             ["--worker-port", "0"],
-            "invalid value for --worker-port: 0 is not a port number (1-65535)",
+            "Invalid value for '--worker-port': 0 is not in the range 1<=x<=65535.",
         ),
         (
             ["--duration", "-1"],
-            "invalid value for --duration: '-1' is not a positive number of seconds",
+            "Invalid value for '--duration': -1.0 is not in the range x>0.",
         ),
         (
             ["--host", "no host"],
-            "invalid value for --host: 'no host' is not a host name or IP address",
+            "Invalid value for '--host': 'no host' is not a host name or IP address.",
         ),
         (
             ["--broker-url", "foo://u:Sentinel-pw@h/0"],
-            "invalid value for --broker-url: unknown broker transport 'foo' in foo://u:**@h/0",
+            "Invalid value for '--broker-url': unknown broker transport 'foo' in foo://u:**@h/0.",
         ),
         (["--colour"], "No such option '--colour'."),
     ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+from celery import Celery
+from celery.bin.base import CLIContext
 
+from celery_prom.cli.main import exporter, prom
 from tests.exporter_process import ExporterProcess, exporter_env, running_exporter
 from tests.support import REPO, Broker, free_port, load_test_app, private_redis, unique, wait_for
 
@@ -33,54 +37,85 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def run_celery(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "cptest_tasks", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 URL = f"redis://:{SECRET}@127.0.0.1:1/0"
+MASKED = "redis://:**@127.0.0.1:1/0"
 
 
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--port", "abc"], {}, "Error: invalid value for --port: 'abc' is not an integer"),
+        (["--port", "abc"], {}, "Invalid value for '--port': 'abc' is not a valid integer range."),
         (
             ["--port", "70000"],
             {},
-            "Error: invalid value for --port: 70000 is not a port number (1-65535)",
+            "Invalid value for '--port': 70000 is not in the range 1<=x<=65535.",
         ),
         (
             [],
             {"CELERY_PROM_PORT": "0"},
-            "Error: invalid value for CELERY_PROM_PORT: 0 is not a port number (1-65535)",
+            "Invalid value for 'CELERY_PROM_PORT': 0 is not in the range 1<=x<=65535.",
         ),
         (
             [],
             {"CELERY_PROM_PORT": "x"},
-            "Error: invalid value for CELERY_PROM_PORT: 'x' is not an integer",
+            "Invalid value for 'CELERY_PROM_PORT': 'x' is not a valid integer range.",
         ),
         (
             ["--worker-timeout", "-1"],
             {},
-            "Error: invalid value for --worker-timeout: '-1' is not a positive number of seconds",
+            "Invalid value for '--worker-timeout': -1.0 is not in the range x>0.",
+        ),
+        (
+            ["--broker-timeout", "nan"],
+            {},
+            "Invalid value for '--broker-timeout': 'nan' is not a finite number of seconds.",
         ),
         (
             ["--log-level", "loud"],
             {},
-            "Error: invalid value for --log-level: 'loud' is not a "
-            "log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)",
+            "Invalid value for '--log-level': 'loud' is not one of 'debug', 'info', 'warning', "
+            "'error', 'critical'.",
         ),
         (
             ["--broker-transport-option", "novalue"],
             {},
-            "Error: invalid value for --broker-transport-option: 'novalue' is not key=value",
+            "Invalid value for '--broker-transport-option': 'novalue' is not key=value.",
         ),
-        (["--bogus"], {}, "Error: No such option '--bogus'. Did you mean '--host'?"),
         (
-            ["extra", URL],
-            {},
-            "Error: Got unexpected extra arguments (extra redis://:**@127.0.0.1:1/0)",
+            [],
+            {"CELERY_PROM_BROKER_TRANSPORT_OPTION": "{bad"},
+            "Invalid value for 'CELERY_PROM_BROKER_TRANSPORT_OPTION': transport options are "
+            "not a valid JSON object.",
         ),
+        (["--bogus"], {}, "No such option '--bogus'. Did you mean '--host'?"),
+        (["extra", URL], {}, f"Got unexpected extra arguments (extra {MASKED})"),
         (
             ["--max-queues", "0"],
             {},
-            "Error: invalid value for --max-queues: 0 is not a positive integer",
+            "Invalid value for '--max-queues': 0 is not in the range x>=1.",
+        ),
+        (
+            ["--port", URL],
+            {},
+            f"Invalid value for '--port': '{MASKED}' is not a valid integer range.",
+        ),
+        (
+            [],
+            {"CELERY_PROM_RUNTIME_BUCKETS": URL},
+            f"Invalid value for 'CELERY_PROM_RUNTIME_BUCKETS': '{MASKED}' is not a list of "
+            "numbers.",
         ),
     ],
 )
@@ -88,30 +123,108 @@ def test_bad_options_are_one_line_exit_2_and_never_show_the_password(
     args: list[str], env: dict[str, str], message: str
 ) -> None:
     done = run_cli("exporter", "--broker-url", URL, *args, env=exporter_env(**env))
-    assert (done.returncode, done.stderr, done.stdout) == (2, message + "\n", "")
+    assert (done.returncode, done.stderr, done.stdout) == (2, f"Error: {message}\n", "")
 
 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        (
-            "nonsense",
-            "Error: invalid value for --broker-url: not a broker URL (like redis://host:6379/0)",
-        ),
+        ("nonsense", "not a broker URL (like redis://host:6379/0)."),
         (
             f"foo://user:{SECRET}@host/0",
-            "Error: invalid value for --broker-url: unknown broker "
-            "transport 'foo' in foo://user:**@host/0",
+            "unknown broker transport 'foo' in foo://user:**@host/0.",
         ),
-        (
-            f"{SECRET}@host",
-            "Error: invalid value for --broker-url: not a broker URL (like redis://host:6379/0)",
-        ),
+        (f"{SECRET}@host", "not a broker URL (like redis://host:6379/0)."),
     ],
 )
 def test_a_bad_broker_url_is_reported_masked(url: str, message: str) -> None:
-    done = run_cli("exporter", "--broker-url", url)
-    assert (done.returncode, done.stderr) == (2, message + "\n")
+    on_the_command_line = run_cli("exporter", "--broker-url", url)
+    in_the_environment = run_cli("exporter", env=exporter_env(CELERY_PROM_BROKER_URL=url))
+
+    assert (on_the_command_line.returncode, on_the_command_line.stderr) == (
+        2,
+        f"Error: Invalid value for '--broker-url': {message}\n",
+    )
+    assert (in_the_environment.returncode, in_the_environment.stderr) == (
+        2,
+        f"Error: Invalid value for 'CELERY_PROM_BROKER_URL': {message}\n",
+    )
+
+
+def help_text(done: subprocess.CompletedProcess[str]) -> str:
+    """The help as one line: click wraps it to the terminal's width."""
+    assert (done.returncode, done.stderr) == (0, "")
+    return " ".join(done.stdout.split())
+
+
+def test_help_shows_the_types_defaults_and_environment_variables() -> None:
+    text = help_text(run_cli("exporter", "--help"))
+
+    for entry in [
+        "--broker-url URL Broker URL, e.g. redis://host:6379/0 (celery prom: the app's). "
+        "[env var: CELERY_PROM_BROKER_URL]",
+        "--host HOST Address to listen on. [env var: CELERY_PROM_HOST; default: 0.0.0.0]",
+        "--port INTEGER RANGE Port of /metrics. "
+        "[env var: CELERY_PROM_PORT; default: 9808; 1<=x<=65535]",
+        "-Q, --queues NAMES",
+        "--broker-transport-option KEY=VALUE",
+        "--worker-timeout FLOAT RANGE Seconds without a heartbeat before a worker is down. "
+        "[env var: CELERY_PROM_WORKER_TIMEOUT; default: 30.0; x>0]",
+        "[env var: CELERY_PROM_EVENT_EXCHANGE; default: celeryev]",
+        "--web-config FILE",
+        "--log-level [debug|info|warning|error|critical] "
+        "[env var: CELERY_PROM_LOG_LEVEL; default: INFO]",
+        "--runtime-buckets FLOAT LIST",
+        "default: 0.005, 0.01, 0.025,",
+        "--max-queues INTEGER RANGE Cap on distinct queue names (then `_other`). "
+        "[env var: CELERY_PROM_MAX_QUEUES; default: 1000; x>=1]",
+    ]:
+        assert entry in text
+    assert "TEXT" not in text.replace("--event-exchange TEXT", "")
+
+
+def test_celery_prom_help_shows_the_app_settings_as_defaults_but_no_broker_url(
+    redis_broker: Broker,
+) -> None:
+    conf = {
+        "celery_prom_port": 7000,
+        "event_exchange": "app_events",
+        "celery_prom_broker_url": f"redis://:{SECRET}@127.0.0.1:1/0",
+    }
+    env = exporter_env(redis_broker, CPTEST_INSTRUMENTATION="none", CPTEST_CONF=json.dumps(conf))
+
+    text = help_text(run_celery("prom", "--help", env=env))
+
+    assert "[env var: CELERY_PROM_PORT; default: 7000; 1<=x<=65535]" in text
+    assert "[env var: CELERY_PROM_EVENT_EXCHANGE; default: app_events]" in text
+    assert "[env var: CELERY_PROM_BROKER_URL]" in text
+    assert SECRET not in text
+
+
+def test_options_come_from_the_command_line_then_the_environment_then_app_conf(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [name for name in os.environ if name.startswith("CELERY_PROM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CELERY_PROM_PORT", "2222")
+    monkeypatch.setenv("CELERY_PROM_WORKER_TIMEOUT", "5")
+    app = Celery("cptest_precedence", set_as_current=False)
+    app.conf.update(
+        celery_prom_port=3333, celery_prom_worker_timeout=7, celery_prom_purge_offline_after=60
+    )
+
+    options = prom.make_context(
+        "prom", ["--port", "1111"], obj=CLIContext(app, no_color=True, workdir=None)
+    ).params
+    without_app = exporter.make_context("exporter", []).params
+
+    assert (
+        options["port"],
+        options["worker_timeout"],
+        options["purge_offline_after"],
+        options["broker_timeout"],
+    ) == (1111, 5.0, 60.0, 2.0)
+    assert (without_app["port"], without_app["purge_offline_after"]) == (2222, 600.0)
 
 
 def test_a_transport_without_its_client_library_is_one_line() -> None:
@@ -219,20 +332,59 @@ def test_celery_prom_uses_the_app_broker_transport_options_and_queues(
         exporter.stop()
 
 
-def test_celery_prom_bad_option_is_one_line(redis_broker: Broker) -> None:
-    env = exporter_env(redis_broker, CPTEST_INSTRUMENTATION="none")
-    done = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "cptest_tasks", "prom", "--port", "nope"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+@pytest.mark.parametrize(
+    ("args", "env", "conf", "message"),
+    [
+        (["--port", "nope"], {}, {}, "'--port': 'nope'"),
+        ([], {"CELERY_PROM_PORT": "env"}, {}, "'CELERY_PROM_PORT': 'env'"),
+        ([], {}, {"celery_prom_port": "conf"}, "'app.conf.celery_prom_port': 'conf'"),
+        # A bad value names the source that won: each beats the ones after it.
+        (
+            ["--port", "nope"],
+            {"CELERY_PROM_PORT": "env"},
+            {"celery_prom_port": "conf"},
+            "'--port': 'nope'",
+        ),
+        (
+            [],
+            {"CELERY_PROM_PORT": "env"},
+            {"celery_prom_port": "conf"},
+            "'CELERY_PROM_PORT': 'env'",
+        ),
+    ],
+)
+def test_celery_prom_bad_option_is_one_line_naming_its_source(
+    redis_broker: Broker,
+    args: list[str],
+    env: dict[str, str],
+    conf: dict[str, object],
+    message: str,
+) -> None:
+    done = run_celery(
+        "prom",
+        *args,
+        env=exporter_env(
+            redis_broker, CPTEST_INSTRUMENTATION="none", CPTEST_CONF=json.dumps(conf), **env
+        ),
     )
+
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2,
+        "",
+        f"Error: Invalid value for {message} is not a valid integer range.\n",
+    )
+
+
+def test_a_broker_url_from_app_conf_is_masked_in_its_error(redis_broker: Broker) -> None:
+    conf = {"celery_prom_broker_url": f"foo://user:{SECRET}@host/0"}
+    env = exporter_env(redis_broker, CPTEST_INSTRUMENTATION="none", CPTEST_CONF=json.dumps(conf))
+
+    done = run_celery("prom", env=env)
+
     assert (done.returncode, done.stderr) == (
         2,
-        "Error: invalid value for --port: 'nope' is not an integer\n",
+        "Error: Invalid value for 'app.conf.celery_prom_broker_url': unknown broker transport "
+        "'foo' in foo://user:**@host/0.\n",
     )
 
 

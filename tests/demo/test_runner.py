@@ -14,7 +14,7 @@ import pytest
 import redis
 from celery import Celery
 
-from celery_prom.demo.app import DEFAULT_QUEUE, REPORTS_QUEUE
+from celery_prom.demo.names import DEFAULT_QUEUE, REPORTS_QUEUE
 from tests.support import (
     REDIS_DB,
     REDIS_HOST,

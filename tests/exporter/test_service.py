@@ -39,12 +39,7 @@ def test_task_events_are_counted_exactly(
         plain_worker(broker, tmp_path) as worker,
         running_exporter_for(broker, tmp_path) as exporter,
     ):
-        exporter.wait_for_scrape(worker_is_up(worker), what="the worker's heartbeat")
-        # The worker's queue, learned from its active_queues, also labels its tasks.
-        exporter.wait_for_scrape(
-            lambda s: s.value("celery_queue_length", queue_name=worker.queue) is not None,
-            what="the worker's queue",
-        )
+        exporter.wait_until_counting(worker)
         send_mix(client_app_for(broker, worker.queue))
         total = sum(
             e.succeeded + e.retried + sum(n for _, n in e.failures) for e in MIX_EXPECTED.values()

@@ -63,10 +63,19 @@ def running_prometheus(
     tmp_path: Path, targets: dict[str, list[str]], rule_files: list[Path]
 ) -> Iterator[PrometheusServer]:
     """Prometheus scraping ``targets`` (job name -> host:port list) with ``rule_files``."""
-    directory = tmp_path / "prometheus"
-    directory.mkdir()
+    with prometheus_process(tmp_path / "prometheus", config(targets, rule_files)) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def prometheus_process(
+    directory: Path, configuration: dict[str, Any], *flags: str, env: dict[str, str] | None = None
+) -> Iterator[PrometheusServer]:
+    """Prometheus with ``configuration`` written to ``directory``/prometheus.yml (so relative
+    paths in it are relative to ``directory``), its data there too, on a free port."""
+    directory.mkdir(exist_ok=True)
     config_file = directory / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config(targets, rule_files)), encoding="utf-8")
+    config_file.write_text(yaml.safe_dump(configuration), encoding="utf-8")
     port = free_port()
     log = directory / "prometheus.log"
     args = [
@@ -74,9 +83,10 @@ def running_prometheus(
         f"--config.file={config_file}",
         f"--storage.tsdb.path={directory / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
+        *flags,
     ]
     with log.open("wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = PrometheusServer(port, process, log)
     try:
         wait_for(lambda: _ready(server), what="Prometheus to be ready")

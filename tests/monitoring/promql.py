@@ -178,3 +178,17 @@ def promtool_check(exprs: list[str], directory: Path) -> subprocess.CompletedPro
         timeout=60,
         check=False,
     )
+
+
+def promtool_check_config(
+    directory: Path, name: str = "prometheus.yml"
+) -> subprocess.CompletedProcess[str]:
+    """``promtool check config`` run in ``directory``, where the config's relative paths start."""
+    return subprocess.run(
+        ["promtool", "check", "config", name],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

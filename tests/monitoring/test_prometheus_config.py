@@ -4,26 +4,18 @@ rules expect."""
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import pytest
 
-from tests.monitoring.promql import MONITORING, RULE_FILES, load_yaml
+from tests.monitoring.promql import MONITORING, RULE_FILES, load_yaml, promtool_check_config
 
 CONFIGS = ["prometheus.yml", "prometheus-ha.yml"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_promtool_accepts_the_config(name: str) -> None:
-    result = subprocess.run(
-        ["promtool", "check", "config", name],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=MONITORING,
-    )
+    result = promtool_check_config(MONITORING, name)
     assert result.returncode == 0, result.stdout + result.stderr
     # The rule files are found and checked too.
     for path in RULE_FILES:
