@@ -40,8 +40,9 @@ from celery import Celery
 from prometheus_client import Counter, start_http_server
 
 from celery_prom.config import ExporterSettings
-from celery_prom.events import KombuEventStream
-from celery_prom.exporter import EventReceiver, Exporter
+from celery_prom.exporter.receiver import EventReceiver
+from celery_prom.exporter.service import Exporter
+from celery_prom.exporter.streams import EventSource, KombuEventStream
 
 # Run as a script: tests.support from the repository.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -274,7 +275,9 @@ def kombu_path(broker: str, port: int) -> None:
     assert exporter.server is not None
     exporter.server.start()
     EventReceiver(
-        lambda: KombuEventStream(broker, {}, "celeryev", 2.0, exporter.router.on_message_body),
+        lambda: KombuEventStream(
+            EventSource(broker, {}, "celeryev", 2.0), exporter.router.on_message_body
+        ),
         exporter.status,
         exporter.liveness,
         exporter.losses,

@@ -5,7 +5,8 @@
 1. In process, the same store rendered two ways: prometheus_client's generic
    ``generate_latest`` of a registry holding the store (its ``collect()``), and
    ``TaskExposition``, which keeps each series' text until the series changes. Warm
-   renders are measured with 0 %, 1 % and 10 % of the series changed since the last one.
+   renders are measured with 0 %, 1 % and 10 % of the series changed since the last one;
+   then gzip of the page at the endpoint's level and at prometheus_client's (9).
 2. End to end: a real ``celery-prom exporter`` on a private redis-server, fed the series
    through task events; full ``/metrics`` scrapes over HTTP (plain and gzip), then the
    same event flood with and without a client scraping back to back, to show that
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gzip
 import json
 import random
 import statistics
@@ -36,6 +38,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from celery_prom.exposition import TaskExposition
+from celery_prom.http import GZIP_LEVEL
 from celery_prom.store import RECEIVED, TaskStore
 
 # Run as a script: next to exporter_events, and tests.support from the repository.
@@ -118,6 +121,12 @@ def in_process(names: int, workers: int) -> dict[str, object]:
             durations += timed(exposition.render, runs=1)
         result[f"incremental_{int(fraction * 100)}pct_changed"] = durations
         print(f"  TaskExposition, {fraction:4.0%} changed       {describe(durations)}")
+    page = exposition.render().encode()
+    for level in (GZIP_LEVEL, 9):
+        durations = timed(functools.partial(gzip.compress, page, compresslevel=level), runs=3)
+        size = len(gzip.compress(page, compresslevel=level))
+        result[f"gzip_level_{level}"] = {"durations": durations, "bytes": size}
+        print(f"  gzip level {level}, {size / 1e6:5.2f} MB          {describe(durations)}")
     return result
 
 

@@ -6,6 +6,8 @@ the metric reference in docs/metrics.md is generated from this module and tested
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, TypeVar
@@ -94,6 +96,19 @@ DEFAULT_RUNTIME_BUCKETS: tuple[float, ...] = (
     3600.0,
 )
 DEFAULT_QUEUE_WAIT_BUCKETS: tuple[float, ...] = DEFAULT_RUNTIME_BUCKETS
+
+
+def bucket_bounds(buckets: Iterable[float]) -> tuple[float, ...]:
+    """Histogram bucket bounds, checked: the finite ones (``+Inf`` is always the last
+    bucket), at least one, increasing strictly; a ``ValueError`` says what is wrong."""
+    bounds = tuple(float(b) for b in buckets if b != math.inf)
+    if not bounds:
+        raise ValueError("at least one finite bucket bound is needed")
+    if any(math.isnan(b) for b in bounds) or list(bounds) != sorted(set(bounds)):
+        shown = ", ".join(f"{b:g}" for b in bounds)
+        raise ValueError(f"bucket bounds must increase strictly: {shown}")
+    return bounds
+
 
 TASK_RECEIVED = Family(
     "celery_task_received_total",

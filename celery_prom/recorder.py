@@ -45,12 +45,7 @@ DROP_UNKNOWN_TYPE = "unknown_type"  # not a task event type we know
 DROP_UNKNOWN_TASK = "unknown_task"  # refers to a task whose task-received was never seen
 DROP_DUPLICATE = "duplicate"  # the same outcome reported twice for one execution
 DROP_EVICTED = "evicted"  # an unfinished task forgotten to keep memory bounded
-# Reasons only the exporter's event receiver reports:
-DROP_RECORDED_BY_WORKER = "recorded_by_worker"  # counted by the worker's own bootstep
-DROP_UNDECODABLE = "undecodable"  # not a JSON event message (bad JSON, pickle, bad encoding)
-DROP_OFFLINE_WORKER = "offline_worker"  # a late event of a worker already purged
-DROP_LOST = "lost"  # sent while the exporter was disconnected (estimated, see events.py)
-DROP_TOO_MANY_WORKERS = "too_many_workers"  # a new hostname past the hostname cap
+# (The exporter drops events for reasons of its own: see celery_prom.exporter.dropped.)
 
 _CLASS_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\(")
 _UNPICKLEABLE = re.compile(r"UnpickleableExceptionWrapper\('[^']*',\s*'([A-Za-z_][\w.]*)'")
@@ -90,8 +85,33 @@ class _Finished:
 
 @dataclass
 class RecorderStats:
+    """Events received, and those of them (or others) dropped, by reason."""
+
     received: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str, events: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + events
+
+    def copy(self) -> RecorderStats:
+        return RecorderStats(self.received, dict(self.dropped))
+
+    def merged(self, other: RecorderStats) -> RecorderStats:
+        total = self.copy()
+        total.received += other.received
+        for reason, events in other.dropped.items():
+            total.drop(reason, events)
+        return total
+
+    def families(self) -> Iterator[Metric]:
+        """``celery_prom_events_received_total`` and ``celery_prom_events_dropped_total``."""
+        received = new_family(metrics.EVENTS_RECEIVED, CounterMetricFamily)
+        received.add_metric((), self.received)
+        yield received
+        dropped = new_family(metrics.EVENTS_DROPPED, CounterMetricFamily)
+        for reason, events in sorted(self.dropped.items()):
+            dropped.add_metric((reason,), events)
+        yield dropped
 
 
 class Recorder:
@@ -128,7 +148,7 @@ class Recorder:
             try:
                 self._dispatch(event)
             except InvalidEvent as invalid:
-                self._drop(invalid.reason)
+                self.stats.drop(invalid.reason)
 
     def record_from_worker(self, hostname: str, event: Mapping[str, Any]) -> None:
         """Record a task event from inside the worker (the tap); never raises.
@@ -145,23 +165,7 @@ class Recorder:
                     raise InvalidEvent(DROP_UNKNOWN_TYPE if handler is None else DROP_MALFORMED)
                 handler((hostname, uuid), event)
             except InvalidEvent as invalid:
-                self._drop(invalid.reason)
-
-    def skip(self, reason: str) -> None:
-        """Count an event that arrived but is deliberately not recorded."""
-        with self._lock:
-            self.stats.received += 1
-            self._drop(reason)
-
-    def count_received(self) -> None:
-        """Count an event that arrived and is handled elsewhere (worker events)."""
-        with self._lock:
-            self.stats.received += 1
-
-    def count_lost(self, events: int) -> None:
-        """Count events known to have been sent but never received."""
-        with self._lock:
-            self.stats.dropped[DROP_LOST] = self.stats.dropped.get(DROP_LOST, 0) + events
+                self.stats.drop(invalid.reason)
 
     def forget_hostname(self, hostname: str) -> None:
         """Forget unfinished tasks of a worker that went away."""
@@ -170,17 +174,13 @@ class Recorder:
                 for key in [k for k in table if k[0] == hostname]:
                     del table[key]
 
-    def collect(self) -> Iterator[Metric]:
+    def counts(self) -> RecorderStats:
+        """A copy of the event counts, consistent with one another."""
         with self._lock:
-            received = self.stats.received
-            dropped = sorted(self.stats.dropped.items())
-        total = new_family(metrics.EVENTS_RECEIVED, CounterMetricFamily)
-        total.add_metric((), received)
-        yield total
-        drops = new_family(metrics.EVENTS_DROPPED, CounterMetricFamily)
-        for reason, value in dropped:
-            drops.add_metric((reason,), value)
-        yield drops
+            return self.stats.copy()
+
+    def collect(self) -> Iterator[Metric]:
+        return self.counts().families()
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -299,10 +299,7 @@ class Recorder:
     def _evict_oldest(self) -> None:
         oldest = next(iter(self._in_flight))
         del self._in_flight[oldest]
-        self._drop(DROP_EVICTED)
-
-    def _drop(self, reason: str) -> None:
-        self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+        self.stats.drop(DROP_EVICTED)
 
 
 def exception_class_name(text: str) -> str:

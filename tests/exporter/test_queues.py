@@ -14,8 +14,8 @@ import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from prometheus_client import CollectorRegistry
 
-from celery_prom.broker import BoundedCall, BrokerStatus, BrokerTimeout
-from celery_prom.queues import (
+from celery_prom.exporter.broker import BoundedCall, BrokerStatus, BrokerTimeout
+from celery_prom.exporter.queues import (
     AmqpQueueProbe,
     QueueCollector,
     QueueDiscovery,
