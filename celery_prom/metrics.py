@@ -256,6 +256,21 @@ QUEUE_LENGTH = Family(
     ("queue_name",),
     ServedBy.EXPORTER,
 )
+QUEUE_UNACKED = Family(
+    "celery_queue_unacked_messages",
+    MetricType.GAUGE,
+    "Messages delivered to consumers and not yet acknowledged (SQS: in flight), read at "
+    "scrape time.",
+    ("queue_name",),
+    ServedBy.EXPORTER,
+)
+QUEUE_DELAYED = Family(
+    "celery_queue_delayed_messages",
+    MetricType.GAUGE,
+    "Messages in the queue that are not yet available (SQS: delayed), read at scrape time.",
+    ("queue_name",),
+    ServedBy.EXPORTER,
+)
 ACTIVE_CONSUMERS = Family(
     "celery_active_consumer_count",
     MetricType.GAUGE,
@@ -386,6 +401,8 @@ CATALOGUE: tuple[Family, ...] = (
     WORKER_INFO,
     WORKER_INVALID_MESSAGES,
     QUEUE_LENGTH,
+    QUEUE_UNACKED,
+    QUEUE_DELAYED,
     ACTIVE_CONSUMERS,
     WORKER_UP,
     WORKER_PROCESSED,

@@ -26,6 +26,8 @@ PUBLIC_FAMILIES = {
     "celery_worker_tasks_active": ("gauge", ("hostname",)),
     "celery_task_sent_total": ("counter", ("name", "queue_name")),
     "celery_queue_length": ("gauge", ("queue_name",)),
+    "celery_queue_unacked_messages": ("gauge", ("queue_name",)),
+    "celery_queue_delayed_messages": ("gauge", ("queue_name",)),
     "celery_active_consumer_count": ("gauge", ("queue_name",)),
     "celery_worker_up": ("gauge", ("hostname",)),
     "celery_prom_broker_up": ("gauge", ()),
