@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 from kombu.transport import TRANSPORT_ALIASES
+from kombu.utils.url import parse_ssl_cert_reqs
 
 from celery_prom import metrics
 from celery_prom.metrics import LabelLimits
@@ -282,6 +283,26 @@ class TransportOption(_ParamType):
         return [pair for pair in rv.split(";") if pair.strip()]
 
 
+class SslOption(TransportOption):
+    """A TLS setting of the broker connection, ``key=value`` as for a transport option;
+    a certificate requirement (``ssl_cert_reqs``, ``cert_reqs``) may be given by name
+    (``required``, ``optional``, ``none``), as in a broker URL."""
+
+    _CERT_REQS = ("ssl_cert_reqs", "cert_reqs")
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> dict[str, Any]:
+        options = super().convert(value, param, ctx)
+        for key in self._CERT_REQS:
+            if isinstance(options.get(key), str):
+                try:
+                    options[key] = parse_ssl_cert_reqs(options[key])
+                except KeyError:
+                    self.fail(f"{key} is one of required, optional or none.", param, ctx)
+        return options
+
+
 class Buckets(_ParamType):
     """Histogram bucket bounds in seconds, increasing: comma-separated, or a list."""
 
@@ -384,6 +405,15 @@ def exporter_options() -> list[Setting]:
             help="kombu transport option key=value (value read as JSON when it parses); "
             "repeatable. In the environment: k=v;k2=v2 or a JSON object.",
         ),
+        Setting(
+            "broker_ssl_option",
+            type=SslOption(),
+            multiple=True,
+            show_default=False,
+            help="TLS setting of the broker connection key=value, as kombu takes them "
+            "(Redis: ssl_ca_certs=PATH, ssl_cert_reqs=required); repeatable, like "
+            "--broker-transport-option (celery prom: added to the app's broker_use_ssl).",
+        ),
         *(
             Setting(key, type=Seconds(), default=default, help=f"Seconds {meaning}.")
             for key, default, meaning in (
@@ -460,6 +490,8 @@ class ExporterSettings:
     host: str = DEFAULT_HOST
     queues: tuple[str, ...] = ()
     transport_options: Mapping[str, Any] = field(default_factory=dict)
+    #: kombu's ``ssl`` of the broker connection: True, or the TLS settings.
+    broker_ssl: Mapping[str, Any] | bool = False
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT
     purge_offline_after: float = DEFAULT_PURGE_OFFLINE_AFTER
     broker_timeout: float = DEFAULT_BROKER_TIMEOUT
@@ -482,12 +514,13 @@ class ExporterSettings:
         default_broker_url: str | None = None,
         default_queues: Sequence[str] = (),
         default_transport_options: Mapping[str, Any] | None = None,
+        default_ssl: Mapping[str, Any] | bool | None = None,
     ) -> ExporterSettings:
         """Settings from the values of ``exporter_options``; the defaults are an app's own
         (for ``celery prom``).
 
-        Queues given as options add to the app's queues, and transport options given as
-        options override the app's option of the same name.
+        Queues given as options add to the app's queues, and transport options and TLS
+        settings given as options override the app's setting of the same name.
         """
         broker_url = options["broker_url"] or default_broker_url
         if broker_url is None:
@@ -502,6 +535,7 @@ class ExporterSettings:
             host=options["host"],
             queues=tuple(dict.fromkeys((*default_queues, *queues))),
             transport_options=transport_options,
+            broker_ssl=_broker_ssl(default_ssl, options["broker_ssl_option"]),
             worker_timeout=options["worker_timeout"],
             purge_offline_after=options["purge_offline_after"],
             broker_timeout=options["broker_timeout"],
@@ -518,6 +552,18 @@ def recording_settings(values: Mapping[str, Any]) -> dict[str, Any]:
         "runtime_buckets": values["runtime_buckets"],
         "queue_wait_buckets": values["queue_wait_buckets"],
         "limits": LabelLimits(**{name: values[f"max_{name}"] for name, _ in _LABEL_CAPS}),
+    }
+
+
+def _broker_ssl(
+    default: Mapping[str, Any] | bool | None, given: Sequence[Mapping[str, Any]]
+) -> Mapping[str, Any] | bool:
+    """kombu's ``ssl``: the app's (True, or its TLS settings) with the given settings over it."""
+    if not given:
+        return default or False
+    return {
+        **(default if isinstance(default, Mapping) else {}),
+        **{key: value for settings in given for key, value in settings.items()},
     }
 
 

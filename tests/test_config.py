@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import sys
 from typing import Any
 
@@ -21,6 +22,7 @@ from celery_prom.config import (
     JobName,
     MaskingFormatter,
     QueueNames,
+    SslOption,
     TransportOption,
     WorkerSettings,
     exporter_options,
@@ -257,6 +259,27 @@ def test_transport_options_in_the_environment_split_at_semicolons(
     assert TransportOption().split_envvar_value(text) == items
 
 
+@pytest.mark.parametrize(
+    ("text", "options"),
+    [
+        ("ssl_cert_reqs=required", {"ssl_cert_reqs": ssl.CERT_REQUIRED}),
+        ("cert_reqs=CERT_NONE", {"cert_reqs": ssl.CERT_NONE}),
+        ("cert_reqs=2", {"cert_reqs": 2}),
+        ("ssl_ca_certs=/etc/ca.pem", {"ssl_ca_certs": "/etc/ca.pem"}),
+        ("ssl_check_hostname=false", {"ssl_check_hostname": False}),
+    ],
+)
+def test_ssl_options_take_certificate_requirements_by_name(
+    text: str, options: dict[str, object]
+) -> None:
+    assert SslOption().convert(text, None, None) == options
+
+
+def test_an_unknown_certificate_requirement_is_refused() -> None:
+    with pytest.raises(click.BadParameter, match="ssl_cert_reqs is one of required, optional"):
+        SslOption().convert("ssl_cert_reqs=maybe", None, None)
+
+
 def exporter_values(app: Any = None, **given: Any) -> dict[str, Any]:
     return resolve(exporter_options(), app, given)
 
@@ -321,6 +344,32 @@ def test_queues_and_transport_options_add_to_the_app_ones() -> None:
         "global_keyprefix": "p:",
         "priority_steps": [0, 5],
     }
+
+
+@pytest.mark.parametrize(
+    ("app_ssl", "given", "expected"),
+    [
+        (None, (), False),
+        (True, (), True),
+        ({"ca_certs": "/app.pem"}, (), {"ca_certs": "/app.pem"}),
+        (
+            {"ca_certs": "/app.pem", "certfile": "/c.pem"},
+            ({"ca_certs": "/mine.pem"},),
+            {"ca_certs": "/mine.pem", "certfile": "/c.pem"},
+        ),
+        (True, ({"ca_certs": "/mine.pem"},), {"ca_certs": "/mine.pem"}),
+    ],
+)
+def test_ssl_options_override_the_apps_broker_use_ssl(
+    app_ssl: Any, given: tuple[dict[str, str], ...], expected: object
+) -> None:
+    settings = ExporterSettings.from_options(
+        exporter_values(broker_ssl_option=given or None),
+        default_broker_url="amqps://h//",
+        default_ssl=app_ssl,
+    )
+
+    assert settings.broker_ssl == expected
 
 
 def test_the_broker_url_is_required() -> None:

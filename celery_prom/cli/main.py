@@ -82,12 +82,15 @@ def exporter(**options: Any) -> None:
 def prom(ctx: click.Context, /, **options: Any) -> None:
     """Run the celery-prom exporter for this app (its broker, transport options, queues)."""
     app = ctx.obj.app
+    broker = app.connection_for_read()
     try:
         settings = ExporterSettings.from_options(
             options,
-            default_broker_url=app.connection_for_read().as_uri(include_password=True),
+            default_broker_url=broker_url(broker),
             default_queues=app_queue_names(app),
             default_transport_options=app.conf.broker_transport_options,
+            # broker_use_ssl, and the ssl_* settings of the URL's query.
+            default_ssl=broker.ssl,
         )
     except ConfigError as exc:
         fail(str(exc))
@@ -96,6 +99,11 @@ def prom(ctx: click.Context, /, **options: Any) -> None:
 
 cli.add_command(demo)
 cli.add_command(monitoring)
+
+
+def broker_url(connection: Any) -> str:
+    """The URL of the app's broker connection, with every failover URL (several Sentinels)."""
+    return ";".join(connection.alt) or str(connection.as_uri(include_password=True))
 
 
 def app_queue_names(app: Any) -> Sequence[str]:

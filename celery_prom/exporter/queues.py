@@ -209,7 +209,14 @@ class RedisQueueProbe(ConnectedQueueProbe):
     the kombu channel itself so they always match what kombu writes.
     """
 
-    def __init__(self, url: str, transport_options: Mapping[str, Any], timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        transport_options: Mapping[str, Any],
+        timeout: float,
+        *,
+        ssl: Mapping[str, Any] | bool = False,
+    ) -> None:
         super().__init__()
         self._url = url
         self._options = {
@@ -218,6 +225,7 @@ class RedisQueueProbe(ConnectedQueueProbe):
             "socket_connect_timeout": timeout,
             "retry_on_timeout": False,
         }
+        self._ssl = ssl
 
     def _sizes(self, names: Sequence[str]) -> list[QueueSize]:
         channel = self._open_channel()
@@ -237,7 +245,7 @@ class RedisQueueProbe(ConnectedQueueProbe):
 
     def _open_channel(self) -> Any:
         if self._channel is None:
-            self._connection = Connection(self._url, transport_options=self._options)
+            self._connection = Connection(self._url, ssl=self._ssl, transport_options=self._options)
             self._channel = self._connection.channel()
         return self._channel
 
@@ -250,13 +258,20 @@ class AmqpQueueProbe(ConnectedQueueProbe):
     """
 
     def __init__(
-        self, url: str, transport_options: Mapping[str, Any], timeout: float, exchange: str
+        self,
+        url: str,
+        transport_options: Mapping[str, Any],
+        timeout: float,
+        exchange: str,
+        *,
+        ssl: Mapping[str, Any] | bool = False,
     ) -> None:
         super().__init__()
         self._url = url
         self._options = {**transport_options, "read_timeout": timeout, "write_timeout": timeout}
         self._timeout = timeout
         self._exchange = exchange
+        self._ssl = ssl
 
     def _sizes(self, names: Sequence[str]) -> list[QueueSize]:
         connection = self._connect()
@@ -293,7 +308,10 @@ class AmqpQueueProbe(ConnectedQueueProbe):
     def _connect(self) -> Connection:
         if self._connection is None:
             connection = Connection(
-                self._url, connect_timeout=self._timeout, transport_options=self._options
+                self._url,
+                ssl=self._ssl,
+                connect_timeout=self._timeout,
+                transport_options=self._options,
             )
             connection.connect()
             self._connection = connection
@@ -304,8 +322,14 @@ class KombuQueueProbe:
     """Any other kombu transport: the message count of a passive declare, where kombu
     implements one; a queue it cannot size gets no sample."""
 
-    def __init__(self, url: str, transport_options: Mapping[str, Any]) -> None:
-        self._connection = Connection(url, transport_options=dict(transport_options))
+    def __init__(
+        self,
+        url: str,
+        transport_options: Mapping[str, Any],
+        *,
+        ssl: Mapping[str, Any] | bool = False,
+    ) -> None:
+        self._connection = Connection(url, ssl=ssl, transport_options=dict(transport_options))
 
     def sizes(self, names: Sequence[str]) -> list[QueueSize]:
         channel = self._connection.default_channel
@@ -328,13 +352,15 @@ def probe_for(
     transport_options: Mapping[str, Any],
     timeout: float,
     event_exchange: str,
+    *,
+    ssl: Mapping[str, Any] | bool = False,
 ) -> QueueProbe:
     """The probe for a broker whose driver type (``broker.transport_kind``) is ``driver``."""
     if driver == "redis":
-        return RedisQueueProbe(url, transport_options, timeout)
+        return RedisQueueProbe(url, transport_options, timeout, ssl=ssl)
     if driver == "amqp":
-        return AmqpQueueProbe(url, transport_options, timeout, event_exchange)
-    return KombuQueueProbe(url, transport_options)
+        return AmqpQueueProbe(url, transport_options, timeout, event_exchange, ssl=ssl)
+    return KombuQueueProbe(url, transport_options, ssl=ssl)
 
 
 class QueueCollector:

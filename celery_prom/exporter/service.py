@@ -66,6 +66,7 @@ class Exporter:
             settings.transport_options,
             settings.event_exchange,
             settings.broker_timeout,
+            settings.broker_ssl,
         )
         self.queue_names = QueueNames(settings.queues, settings.limits.queues)
         self.discovery = QueueDiscovery(self.app, self.queue_names)
@@ -143,6 +144,7 @@ class Exporter:
             settings.transport_options,
             settings.broker_timeout,
             settings.event_exchange,
+            ssl=settings.broker_ssl,
         )
         queues = QueueCollector(
             self.queue_names,
@@ -182,6 +184,7 @@ def _bare_app(settings: ExporterSettings) -> Any:
     app.conf.update(
         broker_url=settings.broker_url,
         broker_transport_options=dict(settings.transport_options),
+        broker_use_ssl=settings.broker_ssl,
         event_exchange=settings.event_exchange,
     )
     return app

@@ -57,13 +57,14 @@ class EventStream(Protocol):
 
 @dataclass(frozen=True)
 class EventSource:
-    """Where events come from: the broker, its transport options, the event exchange, and
-    how long a connection attempt may take."""
+    """Where events come from: the broker, its transport options, the event exchange, how
+    long a connection attempt may take, and kombu's ``ssl`` (TLS settings, or True)."""
 
     url: str
     transport_options: Mapping[str, Any]
     exchange: str
     timeout: float
+    ssl: Mapping[str, Any] | bool = False
 
 
 class RedisEventStream:
@@ -72,6 +73,7 @@ class RedisEventStream:
     def __init__(self, source: EventSource, on_payload: Payload) -> None:
         self._kombu = Connection(
             source.url,
+            ssl=source.ssl,
             transport_options={
                 **source.transport_options,
                 "socket_timeout": source.timeout,
@@ -172,6 +174,7 @@ class KombuEventStream:
     def __init__(self, source: EventSource, on_body: Callable[[object, object], None]) -> None:
         self._connection = Connection(
             source.url,
+            ssl=source.ssl,
             connect_timeout=source.timeout,
             heartbeat=IDLE_PING_AFTER * 2,
             transport_options=dict(source.transport_options),

@@ -108,6 +108,12 @@ MASKED = "redis://:**@127.0.0.1:1/0"
             "Invalid value for 'CELERY_PROM_BROKER_TRANSPORT_OPTION': transport options are "
             "not a valid JSON object.",
         ),
+        (
+            ["--broker-ssl-option", "ssl_cert_reqs=maybe"],
+            {},
+            "Invalid value for '--broker-ssl-option': ssl_cert_reqs is one of required, "
+            "optional or none.",
+        ),
         (["--bogus"], {}, "No such option '--bogus'. Did you mean '--host'?"),
         (["extra", URL], {}, f"Got unexpected extra arguments (extra {MASKED})"),
         (
@@ -177,6 +183,7 @@ def test_help_shows_the_types_defaults_and_environment_variables() -> None:
         "[env var: CELERY_PROM_PORT; default: 9808; 1<=x<=65535]",
         "-Q, --queues NAMES",
         "--broker-transport-option KEY=VALUE",
+        "--broker-ssl-option KEY=VALUE",
         "--worker-timeout FLOAT RANGE Seconds without a heartbeat before a worker is down. "
         "[env var: CELERY_PROM_WORKER_TIMEOUT; default: 30.0; x>0]",
         "[env var: CELERY_PROM_EVENT_EXCHANGE; default: celeryev]",
