@@ -1,5 +1,5 @@
 """Fixtures for real brokers: the local Redis (own database and key prefix) and RabbitMQ
-(own virtual host), each cleaned up after the run.
+(own virtual host), each cleaned up after the run, and a local SQS endpoint of the run's own.
 
 Only slow tests use RabbitMQ, so that ``-m "not slow"`` needs Redis alone: collection stops
 at a test that asks for an AMQP fixture without the mark, and the AMQP runs of tests that
@@ -26,7 +26,9 @@ from tests.support import (
     REDIS_HOST,
     REDIS_PORT,
     Broker,
+    SqsServer,
     load_test_app,
+    private_sqs,
     unique,
 )
 
@@ -127,3 +129,10 @@ def own_amqp_broker() -> Iterator[Broker]:
 def own_broker(request: pytest.FixtureRequest) -> Broker:
     """Each test using it runs once per broker, with events no other test can see."""
     return request.getfixturevalue(f"own_{request.param}_broker")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqsServer]:
+    """A local SQS endpoint (``moto_server``) for the run; tests name their queues uniquely."""
+    with private_sqs(tmp_path_factory.mktemp("sqs")) as server:
+        yield server

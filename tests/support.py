@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import boto3
 import redis
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,6 +35,10 @@ REDIS_PORT = 6379
 #: The tests' own Redis database; every run also gets a key prefix of its own.
 REDIS_DB = 11
 AMQP_HOST = "127.0.0.1:5672"
+#: The region and key pair of the tests' SQS endpoint (moto accepts any key).
+SQS_REGION = "eu-west-1"
+SQS_KEY = "cptest-key"
+SQS_SECRET = "cptest-secret"
 #: Every ``multiprocess_mode`` of prometheus_client's Gauge.
 GAUGE_MODES = (
     "all",
@@ -422,6 +427,76 @@ def private_redis(directory: Path, *args: str, start: bool = True) -> Iterator[R
     server = RedisServer(directory, *args)
     if start:
         server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class SqsServer:
+    """A private ``moto_server`` on a free port: a local SQS endpoint holding everything in
+    memory, gone when it stops."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.log = directory / f"moto-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"sqs://{SQS_KEY}:{SQS_SECRET}@127.0.0.1:{self.port}"
+
+    def broker(self, **transport_options: Any) -> Broker:
+        """The endpoint as kombu reaches it: plain HTTP, in the tests' region."""
+        return Broker(self.url, {"region": SQS_REGION, "is_secure": False, **transport_options})
+
+    def client(self, region: str = SQS_REGION) -> Any:
+        return boto3.client(
+            "sqs",
+            endpoint_url=self.endpoint,
+            region_name=region,
+            aws_access_key_id=SQS_KEY,
+            aws_secret_access_key=SQS_SECRET,
+        )
+
+    def queue_names(self, region: str = SQS_REGION) -> list[str]:
+        """Every queue of the region."""
+        urls = self.client(region).list_queues().get("QueueUrls", [])
+        return sorted(url.rsplit("/", 1)[1] for url in urls)
+
+    def start(self) -> None:
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self._answers, what=f"moto_server on {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+        self.process = None
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"moto_server exited:\n{self.log.read_text(errors='replace')}")
+        try:
+            http_get(f"{self.endpoint}/moto-api/", timeout=1)
+        except OSError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def private_sqs(directory: Path) -> Iterator[SqsServer]:
+    server = SqsServer(directory)
+    server.start()
     try:
         yield server
     finally:

@@ -1,10 +1,10 @@
 """Queue lengths and consumer counts, read from the broker at scrape time.
 
 Each scrape asks the broker afresh (nothing is cached between scrapes, so a number is
-never stale): Redis in one pipelined round trip, RabbitMQ with passive declares, other
-kombu transports however kombu can size a queue. The query runs under ``BoundedCall``, so
-a broker that stops answering turns into ``celery_prom_broker_up 0`` and a failed
-``queues`` collector, never into a hung scrape.
+never stale): Redis in one pipelined round trip, RabbitMQ with passive declares, SQS with
+its queue attributes (``sqs``), other kombu transports however kombu can size a queue. The
+query runs under ``BoundedCall``, so a broker that stops answering turns into
+``celery_prom_broker_up 0`` and a failed ``queues`` collector, never into a hung scrape.
 
 Which queues: those named on the command line, the app's ``task_queues`` (``celery prom``),
 and those workers report consuming from (``active_queues``), which ``QueueDiscovery`` asks
@@ -44,6 +44,8 @@ class QueueSize:
     name: str
     length: int
     consumers: int | None  # None where the broker does not know
+    unacked: int | None = None
+    delayed: int | None = None
 
 
 class QueueNames:
@@ -360,6 +362,11 @@ def probe_for(
         return RedisQueueProbe(url, transport_options, timeout, ssl=ssl)
     if driver == "amqp":
         return AmqpQueueProbe(url, transport_options, timeout, event_exchange, ssl=ssl)
+    if driver == "sqs":
+        # Imported on use: it builds on this module.
+        from celery_prom.exporter.sqs import SqsQueueProbe  # noqa: PLC0415
+
+        return SqsQueueProbe(url, transport_options, timeout)
     return KombuQueueProbe(url, transport_options, ssl=ssl)
 
 
@@ -392,9 +399,17 @@ class QueueCollector:
         self._status.query_succeeded()
         length = new_family(metrics.QUEUE_LENGTH, GaugeMetricFamily)
         consumers = new_family(metrics.ACTIVE_CONSUMERS, GaugeMetricFamily)
+        unacked = new_family(metrics.QUEUE_UNACKED, GaugeMetricFamily)
+        delayed = new_family(metrics.QUEUE_DELAYED, GaugeMetricFamily)
         for size in sizes:
             length.add_metric((size.name,), size.length)
             if size.consumers is not None:
                 consumers.add_metric((size.name,), size.consumers)
+            if size.unacked is not None:
+                unacked.add_metric((size.name,), size.unacked)
+            if size.delayed is not None:
+                delayed.add_metric((size.name,), size.delayed)
         yield length
         yield consumers
+        yield unacked
+        yield delayed
