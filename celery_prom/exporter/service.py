@@ -1,5 +1,10 @@
 """The exporter process: ``Exporter`` wires the event receiver, the router, the scrape-time
 collectors and the HTTP endpoint together, and forgets offline workers on its own schedule.
+
+On a transport that cannot broadcast (SQS: ``broker.transport_kind``) no worker event or
+remote-control reply would ever arrive, so the exporter listens for none and asks workers
+nothing: it declares no event queue and no reply queue, polls nothing, and serves the queues
+it is given. Liveness and task counts there come from scraping the workers themselves.
 """
 
 from __future__ import annotations
@@ -57,10 +62,10 @@ class Exporter:
             settings.purge_offline_after,
             max_workers=settings.limits.hostnames,
         )
-        self.status = BrokerStatus()
         # Raises ImportError when kombu knows the transport but its client library is missing.
-        driver, transport = transport_kind(settings.broker_url, settings.transport_options)
-        self._events_from_redis = RedisEventStream.reads(driver, transport)
+        self.transport = transport_kind(settings.broker_url, settings.transport_options)
+        self.status = BrokerStatus(events=self.transport.broadcasts)
+        self._events_from_redis = RedisEventStream.reads(self.transport.driver, self.transport.cls)
         self._source = EventSource(
             settings.broker_url,
             settings.transport_options,
@@ -80,7 +85,7 @@ class Exporter:
             self.losses,
             safe_url=settings.safe_broker_url,
         )
-        self._register_collectors(driver)
+        self._register_collectors(self.transport.driver)
         self.server: MetricsServer | None = None
 
     def bind(self) -> None:
@@ -112,6 +117,19 @@ class Exporter:
             self.server.port,
             self.settings.safe_broker_url,
         )
+        try:
+            if self.transport.broadcasts:
+                self._receive_events()
+            else:
+                logger.warning("celery-prom: %s", self._without_events)
+                self.receiver.stopped.wait()
+        finally:
+            self.server.stop()
+
+    def stop(self) -> None:
+        self.receiver.stop()
+
+    def _receive_events(self) -> None:
         self.discovery.start()
         threading.Thread(
             target=self._purge_offline_workers, name="celery-prom-purge", daemon=True
@@ -120,10 +138,14 @@ class Exporter:
             self.receiver.run()
         finally:
             self.discovery.stop()
-            self.server.stop()
 
-    def stop(self) -> None:
-        self.receiver.stop()
+    @property
+    def _without_events(self) -> str:
+        return (
+            f"the {self.transport.driver} transport cannot broadcast Celery events: no worker "
+            "liveness or task counts here, and only the queues given are reported; scrape the "
+            "workers' own endpoints (celery_prom.install) for those"
+        )
 
     def health(self) -> HealthReport:
         """The broker as last seen by the receiver and the last scrape; asks nobody."""
@@ -134,6 +156,8 @@ class Exporter:
         }
         if not up:
             checks["broker_error"] = self.status.error
+        if not self.transport.broadcasts:
+            checks["events"] = self._without_events
         return self.endpoint.health(up, checks)
 
     def _register_collectors(self, driver: str) -> None:

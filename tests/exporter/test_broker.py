@@ -108,7 +108,32 @@ def test_closing_a_connection_closes_its_poller_at_once(reachable: bool) -> None
 def test_transport_kind_names_the_driver_and_class_without_connecting() -> None:
     before = open_pollers()
 
-    assert transport_kind("redis://h:1/0")[0] == "redis"
-    assert issubclass(transport_kind("sentinel://h:1/0")[1], SentinelTransport)
-    assert transport_kind("amqp://guest:guest@h:1//")[0] == "amqp"
+    assert transport_kind("redis://h:1/0").driver == "redis"
+    assert issubclass(transport_kind("sentinel://h:1/0").cls, SentinelTransport)
+    assert transport_kind("amqp://guest:guest@h:1//").driver == "amqp"
     assert open_pollers() == before
+
+
+@pytest.mark.parametrize(
+    ("url", "broadcasts"),
+    [
+        ("redis://h:1/0", True),
+        ("sentinel://h:1/0", True),
+        ("amqp://guest:guest@h:1//", True),
+        ("filesystem://", True),
+        ("sqs://key:secret@h:1", False),
+    ],
+)
+def test_transport_kind_says_whether_workers_can_broadcast_to_the_exporter(
+    url: str, broadcasts: bool
+) -> None:
+    assert transport_kind(url).broadcasts is broadcasts
+
+
+def test_without_events_the_broker_is_up_while_its_queries_work() -> None:
+    status = BrokerStatus(events=False)
+    assert (status.up, status.error) == (True, None)
+    status.query_failed("EndpointConnectionError: refused")
+    assert (status.up, status.error) == (False, "EndpointConnectionError: refused")
+    status.query_succeeded()
+    assert (status.up, status.error) == (True, None)

@@ -12,6 +12,7 @@ import pytest
 from tests.bootsteps.test_tap import MIX_EXPECTED, T, outcomes, send_mix
 from tests.exporter.test_liveness import worker_is_up
 from tests.exporter.test_receiver import succeeded, task_events
+from tests.exporter.test_sqs import fill
 from tests.exporter_process import (
     RawEvents,
     hostname,
@@ -22,10 +23,19 @@ from tests.exporter_process import (
 from tests.support import (
     Broker,
     Scrape,
+    SqsServer,
     WorkerProcess,
     http_get,
     private_redis,
     promtool_check_metrics,
+    unique,
+)
+
+#: What /health and the log say where workers cannot broadcast to the exporter.
+WITHOUT_EVENTS = (
+    "the sqs transport cannot broadcast Celery events: no worker liveness or task counts "
+    "here, and only the queues given are reported; scrape the workers' own endpoints "
+    "(celery_prom.install) for those"
 )
 
 
@@ -179,3 +189,32 @@ def test_a_restarted_exporter_picks_up_running_workers(
     labels = {"name": f"{T}noop", "hostname": worker.hostname, "queue_name": worker.queue}
     assert result.value("celery_task_received_total", **labels) == 4
     assert result.value("celery_task_succeeded_total", **labels) == 4
+
+
+def test_on_sqs_queues_are_served_and_no_event_is_listened_for(
+    sqs_server: SqsServer, tmp_path: Path
+) -> None:
+    busy, missing = unique("busy"), unique("missing")
+    fill(sqs_server.client(), busy, ready=2, in_flight=1, delayed=3)
+    with running_exporter_for(sqs_server.broker(), tmp_path, "-Q", f"{busy},{missing}") as exporter:
+        result = exporter.wait_for_scrape(
+            lambda s: s.value("celery_queue_length", queue_name=busy) == 2, what="2 ready"
+        )
+        assert {
+            family: result.by_label(family, "queue_name")
+            for family in (
+                "celery_queue_length",
+                "celery_queue_unacked_messages",
+                "celery_queue_delayed_messages",
+            )
+        } == {
+            "celery_queue_length": {busy: 2, missing: 0},
+            "celery_queue_unacked_messages": {busy: 1, missing: 0},
+            "celery_queue_delayed_messages": {busy: 3, missing: 0},
+        }
+        assert result.value("celery_prom_broker_up") == 1
+        assert result.series("celery_worker_up") == {}
+        assert result.series("celery_active_consumer_count") == {}
+        status, health = exporter.health()
+        assert (status, health["checks"]["events"]) == (200, WITHOUT_EVENTS)
+    assert exporter.output().count(WITHOUT_EVENTS) == 1  # said once, at start
