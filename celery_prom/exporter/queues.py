@@ -95,6 +95,10 @@ class QueueDiscovery:
         self._wanted = threading.Event()
         self._thread: threading.Thread | None = None
         self._errors = connection_errors(app.connection_for_read())
+        # Each round's reply queue is deleted once read. Given an expiry as well, kombu 5.7
+        # on Redis keeps a deadline for its binding (``_kombu.binding_deadlines``) that
+        # outlives the exporter by an hour: the exporter would leave it behind.
+        app.control.mailbox.reply_queue_expires = None
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -134,6 +138,7 @@ class QueueDiscovery:
             self._names.add(queues)
         with self._lock:
             self._worker_queues = {**self._worker_queues, **by_worker}
+        logger.debug("celery-prom: %d workers said which queues they consume", len(by_worker))
 
     def _run(self) -> None:
         while not self._stopped.is_set():

@@ -190,7 +190,7 @@ class RepliesApp:
 
     def __init__(self, replies: dict[str, Any]) -> None:
         self.replies = replies
-        self.control = SimpleNamespace(inspect=self.inspect)
+        self.control = SimpleNamespace(inspect=self.inspect, mailbox=SimpleNamespace())
 
     def inspect(self, timeout: float) -> Any:
         return SimpleNamespace(active_queues=lambda: self.replies)

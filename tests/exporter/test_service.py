@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.bootsteps.test_tap import MIX_EXPECTED, T, outcomes, send_mix
 from tests.exporter.test_liveness import worker_is_up
@@ -21,6 +24,9 @@ from tests.exporter_process import (
     running_exporter_for,
 )
 from tests.support import (
+    REDIS_DB,
+    REDIS_HOST,
+    REDIS_PORT,
     Broker,
     Scrape,
     SqsServer,
@@ -29,6 +35,7 @@ from tests.support import (
     private_redis,
     promtool_check_metrics,
     unique,
+    wait_for,
 )
 
 #: What /health and the log say where workers cannot broadcast to the exporter.
@@ -218,3 +225,50 @@ def test_on_sqs_queues_are_served_and_no_event_is_listened_for(
         status, health = exporter.health()
         assert (status, health["checks"]["events"]) == (200, WITHOUT_EVENTS)
     assert exporter.output().count(WITHOUT_EVENTS) == 1  # said once, at start
+
+
+def redis_keys(broker: Broker) -> Callable[[], list[bytes]]:
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    prefix = broker.transport_options["global_keyprefix"]
+    return lambda: sorted(client.scan_iter(match=f"{prefix}*"))
+
+
+def rabbitmq_queues(broker: Broker) -> Callable[[], list[str]]:
+    vhost = broker.url.rsplit("/", 1)[1]
+    command = ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "--formatter", "json"]
+
+    def queues() -> list[str]:
+        listed = subprocess.run(command, check=True, capture_output=True, timeout=120).stdout
+        return sorted(queue["name"] for queue in json.loads(listed))
+
+    return queues
+
+
+@pytest.mark.parametrize("kind", ["redis", pytest.param("amqp", marks=pytest.mark.slow), "sqs"])
+def test_an_exporter_leaves_the_broker_as_it_found_it(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Its event queue or subscription, its remote-control replies and the queues it sizes
+    (one that does not exist) leave nothing behind once it stops."""
+    broker: Broker
+    if kind == "sqs":
+        sqs: SqsServer = request.getfixturevalue("sqs_server")
+        broker, holdings = sqs.broker(), sqs.queue_names
+    else:
+        broker = request.getfixturevalue(f"own_{kind}_broker")
+        holdings = redis_keys(broker) if kind == "redis" else rabbitmq_queues(broker)
+    before = holdings()
+    missing = unique("missing")
+    with running_exporter_for(broker, tmp_path, "-Q", missing, "--log-level", "DEBUG") as exporter:
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_queue_length", queue_name=missing) == 0,
+            what="the missing queue sized",
+        )
+        if kind != "sqs":
+            wait_for(
+                lambda: "workers said which queues" in exporter.output(),
+                what="a round of asking workers for their queues",
+            )
+        if kind == "amqp":
+            wait_for(lambda: holdings() != before, what="the exporter's event queue")
+    assert holdings() == before
