@@ -11,7 +11,7 @@ import celery
 import pytest
 
 import celery_prom
-from tests.support import Broker, Scrape, WorkerProcess, running_worker
+from tests.support import Broker, Scrape, SqsServer, WorkerProcess, running_worker, unique
 
 T = "cptest_tasks."
 
@@ -119,17 +119,21 @@ def test_mix_is_counted_exactly_on_redis(
     with running_worker(redis_broker, tmp_path, pool=pool, concurrency=concurrency) as worker:
         scrape = run_mix(worker, client_app_for(redis_broker, worker.queue))
         assert_counts(scrape, worker, MIX_EXPECTED)
-        assert (
-            scrape.value(
-                "celery_worker_info",
-                hostname=worker.hostname,
-                pool=pool,
-                celery_version=celery.__version__,
-                celery_prom_version=celery_prom.__version__,
-            )
-            == 1
+        assert_worker_state(scrape, worker, pool, concurrency)
+
+
+def assert_worker_state(scrape: Scrape, worker: WorkerProcess, pool: str, concurrency: int) -> None:
+    assert (
+        scrape.value(
+            "celery_worker_info",
+            hostname=worker.hostname,
+            pool=pool,
+            celery_version=celery.__version__,
+            celery_prom_version=celery_prom.__version__,
         )
-        assert scrape.value("celery_worker_pool_processes", hostname=worker.hostname) == concurrency
+        == 1
+    )
+    assert scrape.value("celery_worker_pool_processes", hostname=worker.hostname) == concurrency
 
 
 @pytest.mark.slow
@@ -144,3 +148,15 @@ def test_mix_is_counted_exactly_on_rabbitmq(
     with running_worker(amqp_broker, tmp_path, pool=pool, concurrency=concurrency) as worker:
         scrape = run_mix(worker, client_app_for(amqp_broker, worker.queue))
         assert_counts(scrape, worker, MIX_EXPECTED)
+
+
+@pytest.mark.slow
+def test_mix_is_counted_exactly_on_sqs(
+    sqs_server: SqsServer, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    # The run's own prefix keeps its queues (the task queue, the worker's pidbox) apart.
+    broker = sqs_server.broker(queue_name_prefix=unique("tap") + "-")
+    with running_worker(broker, tmp_path, pool="prefork", concurrency=2) as worker:
+        scrape = run_mix(worker, client_app_for(broker, worker.queue))
+        assert_counts(scrape, worker, MIX_EXPECTED)
+        assert_worker_state(scrape, worker, "prefork", 2)
