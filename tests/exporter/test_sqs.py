@@ -3,11 +3,16 @@ and never a queue created."""
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from celery_prom.exporter.queues import QueueSize
 from celery_prom.exporter.sqs import SqsQueueProbe
-from tests.support import SQS_REGION, SqsServer, unique
+from tests.exporter_process import running_exporter_for
+from tests.support import SQS_REGION, SqsServer, private_sqs, unique
 
 #: Seconds the messages a test holds stay hidden or delayed: longer than any test.
 HOLD = 600
@@ -89,3 +94,33 @@ def test_predefined_queues_are_read_at_their_urls_and_no_other_queue(
         QueueSize(listed, 1, None, unacked=1, delayed=0),
         QueueSize(gone, 0, None, unacked=0, delayed=0),
     ]
+
+
+@pytest.mark.slow
+def test_a_frozen_endpoint_turns_into_broker_down_not_a_hung_scrape(tmp_path: Path) -> None:
+    with private_sqs(tmp_path) as server:
+        fill(server.client(), "jobs", ready=1)
+        with running_exporter_for(
+            server.broker(), tmp_path, "-Q", "jobs", "--broker-timeout", "1"
+        ) as exporter:
+            exporter.wait_for_scrape(
+                lambda s: s.value("celery_queue_length", queue_name="jobs") == 1, what="1 ready"
+            )
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                frozen = exporter.scrape()
+                assert frozen is not None
+                assert frozen.value("celery_prom_broker_up") == 0
+                assert frozen.value("celery_prom_collector_success", collector="queues") == 0
+                assert frozen.value("celery_queue_length", queue_name="jobs") is None
+                assert exporter.health()[0] == 503
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            exporter.wait_for_scrape(
+                lambda s: (
+                    s.value("celery_prom_broker_up") == 1
+                    and s.value("celery_queue_length", queue_name="jobs") == 1
+                ),
+                what="the endpoint back",
+            )
