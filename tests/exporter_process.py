@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import urllib.error
 import uuid
 from collections.abc import Iterator, Mapping
@@ -92,12 +93,32 @@ def running_exporter(
     wait: bool = True,
 ) -> Iterator[ExporterProcess]:
     port = free_port()
-    log = tmp_path / f"exporter-{port}.log"
     command = exporter_command(broker_url, port, *transport_args(transport_options or {}), *args)
+    with serving(command, port, tmp_path, env or exporter_env(), wait) as exporter:
+        yield exporter
+
+
+@contextlib.contextmanager
+def running_celery_prom(
+    tmp_path: Path, env: dict[str, str], *args: str
+) -> Iterator[ExporterProcess]:
+    """``celery -A cptest_tasks prom``: the exporter of the test app ``env`` configures."""
+    port = free_port()
+    command = [sys.executable, "-m", "celery", "-A", "cptest_tasks", "prom"]
+    with serving(
+        [*command, "--host", "127.0.0.1", "--port", str(port), *args], port, tmp_path, env
+    ) as exporter:
+        yield exporter
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], port: int, tmp_path: Path, env: dict[str, str], wait: bool = True
+) -> Iterator[ExporterProcess]:
+    """An exporter run by ``command``, serving on ``port``, stopped on the way out."""
+    log = tmp_path / f"exporter-{port}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, cwd=REPO, env=env or exporter_env(), stdout=out, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     exporter = ExporterProcess(port, process, log)
     try:
         if wait:

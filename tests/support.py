@@ -386,24 +386,26 @@ class RedisServer:
     def client(self, password: str | None = None) -> redis.Redis:
         return redis.Redis(port=self.port, password=password, socket_timeout=5)
 
+    def command(self) -> list[str]:
+        """Its command line; a later option overrides an earlier one of the same name."""
+        return [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            *self.extra_args,
+        ]
+
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                *self.extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         wait_for(self._answers, what=f"redis-server on {self.port}")
 
