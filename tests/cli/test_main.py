@@ -18,7 +18,7 @@ import pytest
 from celery import Celery
 from celery.bin.base import CLIContext
 
-from celery_prom.cli.main import exporter, prom
+from celery_prom.cli.main import broker_url, exporter, prom
 from tests.exporter_process import ExporterProcess, exporter_env, running_exporter
 from tests.support import (
     REPO,
@@ -241,6 +241,20 @@ def test_options_come_from_the_command_line_then_the_environment_then_app_conf(
         options["broker_timeout"],
     ) == (1111, 5.0, 60.0, 2.0)
     assert (without_app["port"], without_app["purge_offline_after"]) == (2222, 600.0)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pw@h:6379/0",
+        "sentinel://:pw@s1:26379/0;sentinel://:pw@s2:26379/0",
+    ],
+)
+def test_celery_prom_takes_the_apps_broker_url_with_every_failover_url(url: str) -> None:
+    app = Celery("cptest_failover", set_as_current=False)
+    app.conf.broker_url = url
+
+    assert broker_url(app.connection_for_read()) == url
 
 
 def test_a_transport_without_its_client_library_is_one_line() -> None:
