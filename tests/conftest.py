@@ -28,7 +28,7 @@ from tests.support import (
     Broker,
     SqsServer,
     load_test_app,
-    private_sqs,
+    started,
     unique,
 )
 
@@ -134,5 +134,5 @@ def own_broker(request: pytest.FixtureRequest) -> Broker:
 @pytest.fixture(scope="session")
 def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqsServer]:
     """A local SQS endpoint (``moto_server``) for the run; tests name their queues uniquely."""
-    with private_sqs(tmp_path_factory.mktemp("sqs")) as server:
+    with started(SqsServer(tmp_path_factory.mktemp("sqs"))) as server:
         yield server

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -126,6 +127,31 @@ def serving(
         yield exporter
     finally:
         exporter.stop()
+
+
+def assert_down_while_frozen(
+    exporter: ExporterProcess, broker: subprocess.Popen[bytes], queue: str, length: int
+) -> None:
+    """Freezes the broker process (SIGSTOP, its connections left open): a scrape reports it
+    down within the broker timeout, without a stale length of ``queue``; thawed, the broker
+    is back, ``queue`` holding ``length`` messages."""
+    broker.send_signal(signal.SIGSTOP)
+    try:
+        frozen = exporter.scrape()
+        assert frozen is not None
+        assert frozen.value("celery_prom_broker_up") == 0
+        assert frozen.value("celery_prom_collector_success", collector="queues") == 0
+        assert frozen.value("celery_queue_length", queue_name=queue) is None
+        assert exporter.health()[0] == 503
+    finally:
+        broker.send_signal(signal.SIGCONT)
+    exporter.wait_for_scrape(
+        lambda s: (
+            s.value("celery_prom_broker_up") == 1
+            and s.value("celery_queue_length", queue_name=queue) == length
+        ),
+        what="the broker back",
+    )
 
 
 def running_exporter_for(broker: Broker, tmp_path: Path, *args: str) -> Any:

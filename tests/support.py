@@ -54,6 +54,7 @@ GAUGE_MODES = (
 )
 
 T = TypeVar("T")
+ServerT = TypeVar("ServerT", bound="PrivateServer")
 
 
 def wait_for(
@@ -364,16 +365,64 @@ def load_test_app(broker: Broker, queue: str) -> Any:
     return app
 
 
-class RedisServer:
-    """A private ``redis-server`` on a free port with stock settings, for tests and
-    benchmarks that stop, freeze or restart it (on the same port)."""
+class PrivateServer(abc.ABC):
+    """A server of a test's own on a free port of 127.0.0.1, with a folder of its own, for
+    tests and benchmarks that start, stop, freeze or restart it (on the same port)."""
+
+    #: Its program, for the folder's name and messages.
+    program = "server"
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.dir = directory / f"{self.program}-{self.port}"
+        self.dir.mkdir()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @abc.abstractmethod
+    def command(self) -> list[str]:
+        """Its command line."""
+
+    def start(self) -> None:
+        with (self.dir / "output.log").open("ab") as out:
+            self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
+        wait_for(self._answers, what=f"{self.program} on {self.port}")
+
+    def stop(self) -> None:
+        """Kill it (SIGKILL: as abrupt as a crash)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def _answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            output = (self.dir / "output.log").read_text(errors="replace")
+            raise AssertionError(f"{self.program} exited with {self.process.returncode}:\n{output}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+
+@contextlib.contextmanager
+def started(server: ServerT) -> Iterator[ServerT]:
+    """``server``, started, and stopped on the way out."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class RedisServer(PrivateServer):
+    """A private ``redis-server`` with stock settings."""
+
+    program = "redis"
 
     def __init__(self, directory: Path, *extra_args: str) -> None:
-        self.port = free_port()
-        self.dir = directory / f"redis-{self.port}"
-        self.dir.mkdir()
+        super().__init__(directory)
         self.extra_args = extra_args
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -403,26 +452,6 @@ class RedisServer:
             *self.extra_args,
         ]
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for(self._answers, what=f"redis-server on {self.port}")
-
-    def stop(self) -> None:
-        """Kill it (SIGKILL: as abrupt as a crash)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-        except OSError:
-            return False
-
 
 @contextlib.contextmanager
 def private_redis(directory: Path, *args: str, start: bool = True) -> Iterator[RedisServer]:
@@ -435,14 +464,10 @@ def private_redis(directory: Path, *args: str, start: bool = True) -> Iterator[R
         server.stop()
 
 
-class SqsServer:
-    """A private ``moto_server`` on a free port: a local SQS endpoint holding everything in
-    memory, gone when it stops."""
+class SqsServer(PrivateServer):
+    """A private ``moto_server``: a local SQS endpoint holding everything in memory."""
 
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.log = directory / f"moto-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+    program = "moto"
 
     @property
     def endpoint(self) -> str:
@@ -470,39 +495,8 @@ class SqsServer:
         urls = self.client(region).list_queues().get("QueueUrls", [])
         return sorted(url.rsplit("/", 1)[1] for url in urls)
 
-    def start(self) -> None:
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(self._answers, what=f"moto_server on {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-        self.process = None
-
-    def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"moto_server exited:\n{self.log.read_text(errors='replace')}")
-        try:
-            http_get(f"{self.endpoint}/moto-api/", timeout=1)
-        except OSError:
-            return False
-        return True
-
-
-@contextlib.contextmanager
-def private_sqs(directory: Path) -> Iterator[SqsServer]:
-    server = SqsServer(directory)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
 
 
 #: promtool's exit status when it parsed the exposition but its lint found problems.

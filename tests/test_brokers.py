@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -23,13 +23,11 @@ from tests.exporter_process import (
     running_celery_prom,
     running_exporter,
 )
-from tests.support import Broker, RedisServer, private_redis, running_worker, unique
+from tests.support import Broker, RedisServer, private_redis, running_worker, started, unique
 
 #: The broker password: it must not show in any log, page or error.
 PASSWORD = unique("broker-password")
 MASTER = "cptest-master"
-
-ServerT = TypeVar("ServerT", bound=RedisServer)
 
 
 class TlsRedisServer(RedisServer):
@@ -84,15 +82,6 @@ class Shape:
     broker: Broker
     exporter_url: str
     exporter_args: tuple[str, ...] = ()
-
-
-@contextlib.contextmanager
-def started(server: ServerT) -> Iterator[ServerT]:
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @contextlib.contextmanager

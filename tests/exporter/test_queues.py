@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from celery_prom.exporter.queues import (
     RedisQueueProbe,
     active_queues_by_worker,
 )
-from tests.exporter_process import running_exporter
+from tests.exporter_process import assert_down_while_frozen, running_exporter
 from tests.support import (
     REDIS_DB,
     REDIS_HOST,
@@ -236,20 +235,4 @@ def test_a_frozen_broker_turns_into_broker_down_not_a_hung_scrape(tmp_path: Path
             lambda s: s.value("celery_prom_broker_up") == 1, what="broker_up 1"
         )
         assert server.process is not None
-        server.process.send_signal(signal.SIGSTOP)
-        try:
-            frozen = exporter.scrape()
-            assert frozen is not None
-            assert frozen.value("celery_prom_broker_up") == 0
-            assert frozen.value("celery_prom_collector_success", collector="queues") == 0
-            assert frozen.value("celery_queue_length", queue_name="jobs") is None
-            assert exporter.health()[0] == 503
-        finally:
-            server.process.send_signal(signal.SIGCONT)
-        exporter.wait_for_scrape(
-            lambda s: (
-                s.value("celery_prom_broker_up") == 1
-                and s.value("celery_queue_length", queue_name="jobs") == 0
-            ),
-            what="the broker back",
-        )
+        assert_down_while_frozen(exporter, server.process, "jobs", 0)

@@ -3,7 +3,6 @@ and never a queue created."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,8 @@ import pytest
 
 from celery_prom.exporter.queues import QueueSize
 from celery_prom.exporter.sqs import SqsQueueProbe
-from tests.exporter_process import running_exporter_for
-from tests.support import SQS_REGION, SqsServer, private_sqs, unique
+from tests.exporter_process import assert_down_while_frozen, running_exporter_for
+from tests.support import SQS_REGION, SqsServer, started, unique
 
 #: Seconds the messages a test holds stay hidden or delayed: longer than any test.
 HOLD = 600
@@ -98,7 +97,7 @@ def test_predefined_queues_are_read_at_their_urls_and_no_other_queue(
 
 @pytest.mark.slow
 def test_a_frozen_endpoint_turns_into_broker_down_not_a_hung_scrape(tmp_path: Path) -> None:
-    with private_sqs(tmp_path) as server:
+    with started(SqsServer(tmp_path)) as server:
         fill(server.client(), "jobs", ready=1)
         with running_exporter_for(
             server.broker(), tmp_path, "-Q", "jobs", "--broker-timeout", "1"
@@ -107,20 +106,4 @@ def test_a_frozen_endpoint_turns_into_broker_down_not_a_hung_scrape(tmp_path: Pa
                 lambda s: s.value("celery_queue_length", queue_name="jobs") == 1, what="1 ready"
             )
             assert server.process is not None
-            server.process.send_signal(signal.SIGSTOP)
-            try:
-                frozen = exporter.scrape()
-                assert frozen is not None
-                assert frozen.value("celery_prom_broker_up") == 0
-                assert frozen.value("celery_prom_collector_success", collector="queues") == 0
-                assert frozen.value("celery_queue_length", queue_name="jobs") is None
-                assert exporter.health()[0] == 503
-            finally:
-                server.process.send_signal(signal.SIGCONT)
-            exporter.wait_for_scrape(
-                lambda s: (
-                    s.value("celery_prom_broker_up") == 1
-                    and s.value("celery_queue_length", queue_name="jobs") == 1
-                ),
-                what="the endpoint back",
-            )
+            assert_down_while_frozen(exporter, server.process, "jobs", 1)
