@@ -3,7 +3,7 @@
 ``service.Exporter`` puts it together: ``receiver`` keeps an event ``streams`` connection up,
 ``decoding`` and ``router`` send each event to the recorder or to worker ``liveness``,
 ``losses`` estimates events sent while disconnected, ``queues`` sizes the broker's queues at
-scrape time, ``broker`` says whether the broker is reachable, and ``collectors`` times the
-scrape-time collectors. It builds on the core (``celery_prom.endpoint`` and below) and never
-on the worker feed (``celery_prom.bootsteps``).
+scrape time (``sqs`` those of Amazon SQS), ``broker`` says whether the broker is reachable
+and can broadcast, and ``collectors`` times the scrape-time collectors. It builds on the core
+(``celery_prom.endpoint`` and below) and never on the worker feed (``celery_prom.bootsteps``).
 """
