@@ -29,6 +29,7 @@ TAP = "tap"
 SIGNAL = "signal"
 SCRAPE = "scrape"
 MULTIPROCESS = "multiprocess"
+HEARTBEAT = "heartbeat"
 
 
 def describe_error(error: BaseException) -> str:

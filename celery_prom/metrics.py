@@ -349,7 +349,7 @@ PROM_ERRORS = Family(
     "celery_prom_errors_total",
     MetricType.COUNTER,
     "Errors in celery-prom's own parts inside the worker, contained so the worker goes on "
-    "(component: startup, tap_install, tap, signal, scrape, multiprocess).",
+    "(component: startup, tap_install, tap, signal, scrape, multiprocess, heartbeat).",
     ("component",),
     ServedBy.WORKER,
 )

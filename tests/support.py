@@ -11,6 +11,7 @@ import abc
 import contextlib
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -72,6 +73,43 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: Where ``free_port_range`` looks: below Linux's ephemeral ports (32768 and up), which
+#: ``free_port`` and outgoing connections take theirs from.
+_RANGE_PORTS = (10000, 32000)
+
+
+def free_port_range(count: int) -> range:
+    """``count`` consecutive ports free on 127.0.0.1 right now, for a worker's port range."""
+
+    def free_from(first: int) -> range | None:
+        ports = range(first, first + count)
+        with contextlib.ExitStack() as held:
+            for port in ports:
+                sock = held.enter_context(socket.socket())
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    return None
+        return ports
+
+    low, high = _RANGE_PORTS
+    return wait_for(
+        lambda: free_from(random.randrange(low, high - count)),
+        what=f"{count} consecutive free ports",
+    )
+
+
+@contextlib.contextmanager
+def listening(ports: range) -> Iterator[None]:
+    """Sockets listening on 127.0.0.1 at each of ``ports``, held by this process."""
+    with contextlib.ExitStack() as held:
+        for port in ports:
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        yield
 
 
 def unique(prefix: str) -> str:
@@ -228,6 +266,20 @@ class WorkerProcess(ServingProcess):
         self.assert_alive()
         return "ready." in self.output()
 
+    def serving_port(self) -> int | None:
+        """The port its log says it serves on."""
+        self.assert_alive()
+        found = re.search(r"celery-prom: serving http://\S+:(\d+)/metrics", self.output())
+        return int(found.group(1)) if found else None
+
+    def wait_until_ready(self) -> None:
+        """Until it answers on its port (learned from its log when it was given a range)
+        and says it is ready."""
+        if not self.port:
+            self.port = wait_for(self.serving_port, what=f"{self.name}'s port in its log")
+        self.wait_for_scrape(lambda s: True, what="the endpoint to answer")
+        wait_for(self.is_ready, what=f"{self.name} to be ready")
+
 
 def app_env(broker: Broker, queue: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
@@ -299,15 +351,17 @@ def start_worker(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     queue: str | None = None,
-    port: int | None = None,
+    port: int | range | None = None,
     wait: bool = True,
     app_module: str = "cptest_tasks",
     cwd: Path = REPO,
 ) -> WorkerProcess:
-    """Start ``celery -A app_module worker`` in ``cwd`` (which is on its import path)."""
+    """Start ``celery -A app_module worker`` in ``cwd`` (which is on its import path), its
+    endpoint on ``port``, or on the first free port of a range of them."""
     queue = queue or unique("q")
     name = unique("w")
     port = free_port() if port is None else port
+    setting = f"{port.start}-{port.stop - 1}" if isinstance(port, range) else str(port)
     log = tmp_path / f"{name}.log"
     args = worker_command(
         queue,
@@ -318,7 +372,7 @@ def start_worker(
         extra_args=extra_args,
     )
     # Through the environment, which works however the app added the bootstep.
-    worker_env = {"CELERY_PROM_PORT": str(port), "CELERY_PROM_HOST": "127.0.0.1", **(env or {})}
+    worker_env = {"CELERY_PROM_PORT": setting, "CELERY_PROM_HOST": "127.0.0.1", **(env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(
             args,
@@ -327,11 +381,12 @@ def start_worker(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    worker = WorkerProcess(port, process, log, name=name, queue=queue)
+    # 0 until wait_until_ready reads it from the log, for a range.
+    known_port = 0 if isinstance(port, range) else port
+    worker = WorkerProcess(known_port, process, log, name=name, queue=queue)
     if wait:
         try:
-            worker.wait_for_scrape(lambda s: True, what="the endpoint to answer")
-            wait_for(worker.is_ready, what=f"{name} to be ready")
+            worker.wait_until_ready()
         except BaseException:
             # The caller never gets the worker, so nobody else could stop it.
             worker.stop()

@@ -19,7 +19,12 @@ def test_install_adds_the_steps_and_the_worker_options() -> None:
 
     assert PrometheusServer in app.steps["worker"]
     assert TaskEventTap in app.steps["consumer"]
-    assert sorted(_option_names(app)) == ["prom_host", "prom_port", "prom_web_config"]
+    assert sorted(_option_names(app)) == [
+        "prom_advertise",
+        "prom_host",
+        "prom_port",
+        "prom_web_config",
+    ]
 
 
 def _publish_receivers() -> tuple[int, int]:
@@ -35,5 +40,10 @@ def test_installing_twice_changes_nothing() -> None:
     install(app)
 
     assert {kind: set(app.steps[kind]) for kind in ("worker", "consumer")} == steps
-    assert sorted(_option_names(app)) == ["prom_host", "prom_port", "prom_web_config"]
+    assert sorted(_option_names(app)) == [
+        "prom_advertise",
+        "prom_host",
+        "prom_port",
+        "prom_web_config",
+    ]
     assert _publish_receivers() == receivers
