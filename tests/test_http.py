@@ -38,6 +38,14 @@ class FakeOwner:
     def health(self) -> HealthReport:
         return HealthReport(self.healthy, {"broker": "up" if self.healthy else "down"})
 
+    def targets(self) -> tuple[bytes, str]:
+        if self.fail:
+            raise RuntimeError("cannot list")
+        return b"[]", "application/json"
+
+    def endpoint(self, title: str) -> Endpoint:
+        return Endpoint(title, self.render, self.health, pages={"/sd/workers": self.targets})
+
 
 @pytest.fixture
 def owner() -> FakeOwner:
@@ -46,9 +54,7 @@ def owner() -> FakeOwner:
 
 @pytest.fixture
 def server(owner: FakeOwner) -> Iterator[MetricsServer]:
-    server = MetricsServer(
-        "127.0.0.1", free_port(), Endpoint("test endpoint", owner.render, owner.health)
-    )
+    server = MetricsServer("127.0.0.1", free_port(), owner.endpoint("test endpoint"))
     server.start()
     yield server
     server.stop()
@@ -99,8 +105,20 @@ def test_a_failing_render_answers_500_and_health_says_why(
     owner.fail = True
 
     response = request(server, "/metrics")
+    page = request(server, "/sd/workers")
 
     assert (response.status, response.read()) == (500, b"metrics unavailable\n")
+    assert (page.status, page.read()) == (500, b"/sd/workers unavailable\n")
+
+
+def test_further_pages_are_the_owners_answers(server: MetricsServer) -> None:
+    response = request(server, "/sd/workers?refresh=1")
+
+    assert (response.status, response.getheader("Content-Type"), response.read()) == (
+        200,
+        "application/json",
+        b"[]",
+    )
 
 
 def test_health_reports_the_owners_checks(server: MetricsServer, owner: FakeOwner) -> None:
@@ -124,6 +142,7 @@ def test_landing_page_links_the_endpoints(server: MetricsServer) -> None:
     assert "<title>test endpoint</title>" in page
     assert 'href="/metrics"' in page
     assert 'href="/health"' in page
+    assert 'href="/sd/workers"' in page
 
 
 def test_head_has_headers_and_no_body(server: MetricsServer) -> None:
@@ -190,7 +209,7 @@ def secure_server(owner: FakeOwner, tmp_path: Path, web_config: str) -> MetricsS
     server = MetricsServer(
         "127.0.0.1",
         free_port(),
-        Endpoint("x", owner.render, owner.health),
+        owner.endpoint("x"),
         WebConfigFile(str(path)),
     )
     server.start()
@@ -276,6 +295,8 @@ http_server_config:
         )
         assert tls_get(server, context, headers=bad).status == 401
         assert tls_get(server, context, "/health", headers=bad).status == 401
+        assert tls_get(server, context, "/sd/workers", headers=bad).status == 401
+        assert tls_get(server, context, "/sd/workers", headers=good).status == 200
         allowed = tls_get(server, context, headers=good)
         assert (allowed.status, allowed.getheader("X-Content-Type-Options")) == (200, "nosniff")
     finally:
