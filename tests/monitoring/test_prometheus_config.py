@@ -3,10 +3,14 @@ rules expect."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.monitoring.promql import MONITORING, RULE_FILES, load_yaml, promtool_check_config
 
@@ -32,6 +36,44 @@ def test_config_scrapes_workers_and_exporter_every_15s(name: str) -> None:
     assert jobs["celery-worker"]["file_sd_configs"][0]["files"] == ["targets/celery-workers*.json"]
     assert {f"rules/{path.name}" for path in RULE_FILES} <= set(config["rule_files"])
     assert config["alerting"]["alertmanagers"]
+
+
+def http_sd_alternative() -> list[dict[str, Any]]:
+    """The worker job's ``http_sd_configs`` that prometheus.yml offers in comments."""
+    lines = (MONITORING / "prometheus.yml").read_text(encoding="utf-8").splitlines()
+    start = lines.index("    # http_sd_configs:")
+    commented = [
+        lines[start],
+        *itertools.takewhile(lambda line: line.startswith("    #   "), lines[start + 1 :]),
+    ]
+    uncommented = "\n".join(line[:4] + line[6:] for line in commented)
+    alternative: list[dict[str, Any]] = yaml.safe_load(uncommented)["http_sd_configs"]
+    return alternative
+
+
+def with_http_sd(config: dict[str, Any], http_sd: list[dict[str, Any]]) -> dict[str, Any]:
+    """``config`` whose worker job discovers its targets with ``http_sd`` instead of files."""
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "celery-worker":
+            del job["file_sd_configs"]
+            job["http_sd_configs"] = http_sd
+    return config
+
+
+def test_the_offered_http_sd_alternative_asks_the_exporter_and_passes_promtool(
+    tmp_path: Path,
+) -> None:
+    alternative = http_sd_alternative()
+    assert alternative == [
+        {"url": "http://celery-exporter:9808/sd/workers", "refresh_interval": "30s"}
+    ]
+    shutil.copytree(MONITORING / "rules", tmp_path / "rules")
+    config = with_http_sd(load_yaml(MONITORING / "prometheus.yml"), alternative)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    result = promtool_check_config(tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_example_worker_targets_are_file_sd() -> None:
