@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.monitoring.promql import MONITORING, RULE_FILES, load_yaml, promtool_check_config
+from tests.monitoring.promql import (
+    DEPLOYING,
+    MONITORING,
+    RULE_FILES,
+    load_yaml,
+    promtool_check_config,
+    yaml_examples,
+)
 
 CONFIGS = ["prometheus.yml", "prometheus-ha.yml"]
 
@@ -73,6 +80,20 @@ def test_the_offered_http_sd_alternative_asks_the_exporter_and_passes_promtool(
 
     result = promtool_check_config(tmp_path)
 
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_documented_http_sd_job_is_the_offered_one_and_its_relabeling_passes_promtool(
+    tmp_path: Path,
+) -> None:
+    examples = yaml_examples(DEPLOYING)
+    (job,) = [example[0] for example in examples if isinstance(example, list)]
+    (relabeling,) = [example for example in examples if "relabel_configs" in example]
+
+    assert job == {"job_name": "celery-worker", "http_sd_configs": http_sd_alternative()}
+    config = {"scrape_configs": [{**job, **relabeling}]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = promtool_check_config(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
