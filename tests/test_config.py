@@ -217,22 +217,6 @@ def test_addresses(value: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("exporter", "'exporter' is not host:port."),
-        (":9808", "':9808' is not host:port."),
-        ("exporter:http", "'exporter:http' is not host:port."),
-        ("exporter:0", "0 is not in the range 1<=x<=65535."),
-        ("bad host:9808", "'bad host' is not a host name or IP address."),
-    ],
-)
-def test_unusable_addresses_are_refused(value: str, message: str) -> None:
-    with pytest.raises(click.BadParameter) as refused:
-        Address().convert(value, None, None)
-    assert refused.value.message == message
-
-
-@pytest.mark.parametrize(
     ("value", "expected"),
     [
         (9808, Ports(9808, 9808)),
@@ -244,25 +228,6 @@ def test_unusable_addresses_are_refused(value: str, message: str) -> None:
 )
 def test_ports_and_ranges(value: object, expected: Ports) -> None:
     assert PortRange().convert(value, None, None) == expected
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("http", "'http' is not a port or a range of ports like 9808-9827."),
-        (-1, "-1 is not a port or a range of ports like 9808-9827."),
-        ("9808-", "'9808-' is not a port or a range of ports like 9808-9827."),
-        (True, "True is not a port or a range of ports like 9808-9827."),
-        ("65536", "65536 is not in the range 0<=x<=65535."),
-        ("0-9", "0 is not in the range 1<=x<=65535."),
-        ("9808-65536", "65536 is not in the range 1<=x<=65535."),
-        ("9809-9808", "'9809-9808' is not a range of ports: 9809 is above 9808."),
-    ],
-)
-def test_unusable_ports_are_refused(value: object, message: str) -> None:
-    with pytest.raises(click.BadParameter) as refused:
-        PortRange().convert(value, None, None)
-    assert refused.value.message == message
 
 
 def test_a_range_lists_its_ports_and_prints_as_given() -> None:
@@ -290,19 +255,34 @@ def test_advertised_addresses(value: str, expected: HostPort, target: str) -> No
 
 
 @pytest.mark.parametrize(
-    ("value", "message"),
+    ("param_type", "value", "message"),
     [
-        ("w1:http", "'w1:http' is not host[:port]."),
-        ("[fd00::7]9900", "'[fd00::7]9900' is not host[:port]."),
-        ("[fd00::7", "'[fd00::7' is not host[:port]."),
-        ("w1:0", "0 is not in the range 1<=x<=65535."),
-        (":9900", "expected a host name or IP address."),
-        ("bad host", "'bad host' is not a host name or IP address."),
+        (Address(), "exporter", "'exporter' is not host:port."),
+        (Address(), ":9808", "':9808' is not host:port."),
+        (Address(), "exporter:http", "'exporter:http' is not host:port."),
+        (Address(), "exporter:0", "0 is not in the range 1<=x<=65535."),
+        (Address(), "bad host:9808", "'bad host' is not a host name or IP address."),
+        (PortRange(), "http", "'http' is not a port or a range of ports like 9808-9827."),
+        (PortRange(), -1, "-1 is not a port or a range of ports like 9808-9827."),
+        (PortRange(), "9808-", "'9808-' is not a port or a range of ports like 9808-9827."),
+        (PortRange(), True, "True is not a port or a range of ports like 9808-9827."),
+        (PortRange(), "65536", "65536 is not in the range 0<=x<=65535."),
+        (PortRange(), "0-9", "0 is not in the range 1<=x<=65535."),
+        (PortRange(), "9808-65536", "65536 is not in the range 1<=x<=65535."),
+        (PortRange(), "9809-9808", "'9809-9808' is not a range of ports: 9809 is above 9808."),
+        (AdvertisedAddress(), "w1:http", "'w1:http' is not host[:port]."),
+        (AdvertisedAddress(), "[fd00::7]9900", "'[fd00::7]9900' is not host[:port]."),
+        (AdvertisedAddress(), "[fd00::7", "'[fd00::7' is not host[:port]."),
+        (AdvertisedAddress(), "w1:0", "0 is not in the range 1<=x<=65535."),
+        (AdvertisedAddress(), ":9900", "expected a host name or IP address."),
+        (AdvertisedAddress(), "bad host", "'bad host' is not a host name or IP address."),
     ],
 )
-def test_unusable_advertised_addresses_are_refused(value: str, message: str) -> None:
+def test_unusable_values_are_refused(
+    param_type: click.ParamType, value: object, message: str
+) -> None:
     with pytest.raises(click.BadParameter) as refused:
-        AdvertisedAddress().convert(value, None, None)
+        param_type.convert(value, None, None)
     assert refused.value.message == message
 
 
