@@ -24,6 +24,7 @@ from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
 from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
 from celery_prom.cli.errors import OptionError
 from celery_prom.config import ConfigError, WorkerSettings
+from celery_prom.endpoint_extras import EndpointExtras, offer
 from celery_prom.exposition import TaskExposition, render_registry
 from celery_prom.faults import ContainedCollector, Faults
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
@@ -105,6 +106,8 @@ class WorkerMetrics:
         self.recorder = Recorder(self.store)
         self.invalid_messages = MessageTally()
         self.pool_processes = PoolProcesses(worker, hostname, faults)
+        #: What parts beside the worker's steps serve here (an embedded beat's metrics).
+        self.extras = EndpointExtras(faults)
         self.exposition = TaskExposition(self.store)
         self.registry = CollectorRegistry(auto_describe=False)
         for collector in (
@@ -113,6 +116,7 @@ class WorkerMetrics:
             self.recorder,
             LabelOverflowCollector(self.store),
             user_metrics,
+            self.extras,
         ):
             self.registry.register(ContainedCollector(collector, faults))
         self.registry.register(faults)
@@ -186,6 +190,7 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         setattr(w, METRICS_ATTRIBUTE, worker_metrics)
         self.pool_processes = worker_metrics.pool_processes
         self.pool_processes.connect()  # before the Pool step creates the pool's children
+        offer(w, worker_metrics.extras)
         w.app.steps["consumer"].add(TaskEventTap)
         self.server = _bind(
             settings,
