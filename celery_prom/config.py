@@ -293,15 +293,18 @@ class Buckets(_ParamType):
         return tuple(finite)
 
 
-def worker_endpoint_settings(option: type[Setting] = Setting) -> list[Setting]:
-    """The worker endpoint's settings, named as ``celery worker``'s options."""
+def worker_endpoint_settings(
+    option: type[Setting] = Setting, command: str = "worker"
+) -> list[Setting]:
+    """The endpoint's settings, named as ``celery worker``'s (and ``celery beat``'s)
+    options."""
     return [
         option(
             "port",
             prefix="prom-",
             type=PORT,
             default=DEFAULT_PORT,
-            help="Port of the worker's /metrics endpoint; 0 turns metrics off. "
+            help=f"Port of the {command}'s /metrics endpoint; 0 turns metrics off. "
             "App setting: celery_prom_port.",
         ),
         option(
