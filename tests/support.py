@@ -144,7 +144,9 @@ class WorkerProcess:
 
     def assert_alive(self) -> None:
         if self.process.poll() is not None:
-            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.output()}")
+            raise AssertionError(
+                f"{self.name} exited with {self.process.returncode}:\n{self.output()}"
+            )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -249,6 +251,73 @@ def running_worker(*args: Any, **kwargs: Any) -> Iterator[WorkerProcess]:
         worker.stop()
 
 
+class BeatProcess(WorkerProcess):
+    """A ``celery beat`` subprocess of the beat test app, handled like a worker's."""
+
+
+def start_beat(
+    broker: Broker,
+    tmp_path: Path,
+    schedule: dict[str, float | str],
+    *,
+    queue: str | None = None,
+    env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+    schedule_file: Path | None = None,
+    wait: bool = True,
+) -> BeatProcess:
+    """Start ``celery -A cptest_beat beat`` sending ``schedule``'s entries to ``queue``,
+    keeping its state in ``schedule_file`` (a new file unless given)."""
+    queue = queue or unique("q")
+    name = unique("beat")
+    port = free_port()
+    log = tmp_path / f"{name}.log"
+    schedule_file = schedule_file or tmp_path / f"{name}-schedule"
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "cptest_beat",
+        "beat",
+        "-s",
+        str(schedule_file),
+        "--loglevel=INFO",
+        *extra_args,
+    ]
+    beat_env = {
+        "CELERY_PROM_PORT": str(port),
+        "CELERY_PROM_HOST": "127.0.0.1",
+        "CPTEST_BEAT_SCHEDULE": json.dumps(schedule),
+        **(env or {}),
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=app_env(broker, queue, **beat_env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    beat = BeatProcess(name, queue, port, process, log)
+    if wait:
+        try:
+            beat.wait_for_scrape(lambda s: True, what="the endpoint to answer")
+        except BaseException:
+            beat.stop()
+            raise
+    return beat
+
+
+@contextlib.contextmanager
+def running_beat(*args: Any, **kwargs: Any) -> Iterator[BeatProcess]:
+    beat = start_beat(*args, **kwargs)
+    try:
+        yield beat
+    finally:
+        beat.stop()
+
+
 def load_test_app(broker: Broker, queue: str) -> Any:
     """The test app, configured in this process as the workers see it (for sending)."""
     app = Celery("cptest-client")
@@ -258,6 +327,15 @@ def load_test_app(broker: Broker, queue: str) -> Any:
         task_default_queue=queue,
     )
     return app
+
+
+def redis_queue_length(broker: Broker, queue: str) -> int:
+    """Messages waiting in ``queue`` on a Redis broker (its key under the broker's prefix)."""
+    client = redis.Redis.from_url(broker.url)
+    try:
+        return int(client.llen(broker.transport_options.get("global_keyprefix", "") + queue))
+    finally:
+        client.close()
 
 
 class RedisServer:
