@@ -14,6 +14,7 @@ steps; ``beat_init`` is sent in the beat process with the service as sender.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -64,10 +65,13 @@ class EmbeddedBeat(bootsteps.StartStopStep):  # type: ignore[misc]
         extras.add(BeatCollector(snapshots.read))
 
     def stop(self, w: Any) -> None:
-        # The beat process stops after this step; a write it tries then finds no directory
-        # and ends its writer quietly.
+        # The beat process stops after this step. Moved away first, the directory is gone
+        # for its writer at once: a write it tries then fails and ends the writer quietly.
         if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            removed = self.directory.with_name(f"{self.directory.name}.removed")
+            with contextlib.suppress(OSError):
+                self.directory.rename(removed)
+                shutil.rmtree(removed)
             self.directory = None
 
     def terminate(self, w: Any) -> None:
@@ -122,11 +126,12 @@ class SnapshotWriter:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self) -> threading.Thread:
         self._thread = threading.Thread(
             target=self._write_until_stopped, name="celery-prom-beat-snapshots", daemon=True
         )
         self._thread.start()
+        return self._thread
 
     def stop(self) -> None:
         self._stopping.set()
