@@ -309,6 +309,24 @@ def start_beat(
     return beat
 
 
+def wait_for_sends_to_match_the_broker(
+    beat: BeatProcess, broker: Broker, already: float = 0.0
+) -> Scrape:
+    """A scrape whose sends (beyond ``already``) equal the messages in beat's queue.
+
+    Beat counts a send once the broker took it, so between two sends the two agree.
+    """
+
+    def agreeing() -> Scrape | None:
+        before = redis_queue_length(broker, beat.queue)
+        scrape = beat.scrape()
+        after = redis_queue_length(broker, beat.queue)
+        sent = scrape.total("celery_beat_tasks_sent_total") - already
+        return scrape if before == after == sent else None
+
+    return wait_for(agreeing, what=f"{beat.name}'s sends to match the broker's messages")
+
+
 @contextlib.contextmanager
 def running_beat(*args: Any, **kwargs: Any) -> Iterator[BeatProcess]:
     beat = start_beat(*args, **kwargs)

@@ -1,10 +1,16 @@
 """The schedule as the scheduler holds it: next and last runs from Celery's heap, and when an
-entry was due, for Celery's own schedules and django-celery-beat's start times."""
+entry was due, for Celery's own schedules and django-celery-beat's start times; then each
+scheduler end to end, with real beat processes: django-celery-beat's on SQLite, RedBeat's on
+Redis."""
 
 from __future__ import annotations
 
 import datetime
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +20,18 @@ from celery.schedules import crontab, schedule
 
 from celery_prom.beat.schedule import HeapSchedule, due_timestamp, last_run, reader_for
 from celery_prom.beat.snapshot import EntryFacts
-from tests.support import unique
+from tests.support import (
+    REPO,
+    Broker,
+    Scrape,
+    app_env,
+    running_beat,
+    unique,
+    wait_for_sends_to_match_the_broker,
+)
+
+SENT = "celery_beat_tasks_sent_total"
+TASK = "cptest_beat.noop"
 
 UTC = datetime.timezone.utc
 NOON = datetime.datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -104,3 +121,89 @@ def test_the_heap_is_read_as_of_the_last_tick(app: Celery) -> None:
         EntryFacts("daily", "app.u", planned["daily"], None),
         EntryFacts("hourly", "app.t", planned["hourly"], None),
     ]
+
+
+def sent(scrape: Scrape, entry: str) -> float:
+    return scrape.value(SENT, entry=entry, name=TASK) or 0.0
+
+
+def next_run(scrape: Scrape, entry: str) -> float:
+    return scrape.value("celery_beat_next_run_timestamp_seconds", entry=entry) or 0.0
+
+
+def change_database_schedule(broker: Broker, env: dict[str, str], *command: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "cptest_beat_db", *command],
+        cwd=REPO,
+        env=app_env(broker, "unused", **env),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.slow
+def test_django_entries_added_and_changed_while_beat_runs_show_without_a_restart(
+    own_redis_broker: Broker, tmp_path: Path
+) -> None:
+    env = {
+        "DJANGO_SETTINGS_MODULE": "cptest_beat_db",
+        "CPTEST_DB": str(tmp_path / "schedule.sqlite3"),
+        "CPTEST_BEAT_SCHEDULER": "django_celery_beat.schedulers:DatabaseScheduler",
+    }
+    change_database_schedule(own_redis_broker, env, "migrate")
+    change_database_schedule(own_redis_broker, env, "put", "every-second", "1")
+
+    with running_beat(own_redis_broker, tmp_path, {}, env=env) as beat:
+        beat.wait_for_scrape(lambda s: sent(s, "every-second") >= 2, what="sends")
+        change_database_schedule(own_redis_broker, env, "put", "added", "1")
+        added = beat.wait_for_scrape(lambda s: sent(s, "added") >= 1, what="the added entry")
+        change_database_schedule(own_redis_broker, env, "put", "every-second", "3600")
+        changed = beat.wait_for_scrape(
+            lambda s: next_run(s, "every-second") > time.time() + 3000, what="the new interval"
+        )
+        result = wait_for_sends_to_match_the_broker(beat, own_redis_broker)
+
+    scheduler = "django_celery_beat.schedulers.DatabaseScheduler"
+    assert result.value("celery_beat_info", scheduler=scheduler) == 1
+    assert (added.value("celery_beat_entries"), result.value("celery_beat_entries")) == (2, 2)
+    last_run = changed.value("celery_beat_last_run_timestamp_seconds", entry="every-second")
+    assert next_run(changed, "every-second") == pytest.approx(last_run + 3600, abs=1)
+    # No more sends of the entry that now runs hourly.
+    assert sent(result, "every-second") == sent(changed, "every-second")
+
+
+@pytest.mark.slow
+def test_only_the_redbeat_instance_holding_the_lock_reports_sends(
+    own_redis_broker: Broker, tmp_path: Path
+) -> None:
+    prefix = own_redis_broker.transport_options["global_keyprefix"]
+    env = {
+        "CPTEST_BEAT_SCHEDULER": "redbeat.RedBeatScheduler",
+        "CPTEST_REDBEAT_PREFIX": f"{prefix}redbeat:",
+    }
+    queue = unique("q")
+    schedule = {"every-second": 1.0}
+    with running_beat(own_redis_broker, tmp_path, schedule, queue=queue, env=env) as holder:
+        holder.wait_for_scrape(lambda s: sent(s, "every-second") >= 1, what="the holder's sends")
+        with running_beat(own_redis_broker, tmp_path, schedule, queue=queue, env=env) as standby:
+            before = holder.scrape()
+            holder.wait_for_scrape(
+                lambda s: sent(s, "every-second") >= sent(before, "every-second") + 2,
+                what="more sends while the standby waits",
+            )
+            waiting = standby.scrape()
+            matched = wait_for_sends_to_match_the_broker(holder, own_redis_broker)
+
+            holder.stop()
+            took_over = standby.wait_for_scrape(
+                lambda s: sent(s, "every-second") >= 1, what="the standby to take over"
+            )
+
+    scheduler = "redbeat.schedulers.RedBeatScheduler"
+    assert waiting.value("celery_beat_info", scheduler=scheduler) == 1
+    beat_families = {name for name, _ in waiting.samples if name.startswith("celery_beat_")}
+    assert beat_families == {"celery_beat_info"}
+    assert matched.value("celery_beat_entries") == 1
+    assert next_run(matched, "every-second") > 0
+    assert took_over.value("celery_beat_tick_timestamp_seconds") is not None

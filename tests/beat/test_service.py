@@ -21,16 +21,15 @@ from celery.schedules import crontab
 
 from tests.support import (
     REPO,
-    BeatProcess,
     Broker,
     Scrape,
     app_env,
     http_get,
     private_redis,
-    redis_queue_length,
     running_beat,
     unique,
     wait_for,
+    wait_for_sends_to_match_the_broker,
 )
 
 SENT = "celery_beat_tasks_sent_total"
@@ -43,23 +42,6 @@ def sent(scrape: Scrape, entry: str) -> float:
     return scrape.value(SENT, entry=entry, name=TASK) or 0.0
 
 
-def wait_until_counts_match_the_broker(
-    beat: BeatProcess, broker: Broker, entry: str, already: float = 0.0
-) -> Scrape:
-    """A scrape whose sends (beyond ``already``) equal the messages in the queue.
-
-    Beat counts a send once the broker took it, so between two sends the two agree.
-    """
-
-    def agreeing() -> Scrape | None:
-        before = redis_queue_length(broker, beat.queue)
-        scrape = beat.scrape()
-        after = redis_queue_length(broker, beat.queue)
-        return scrape if before == after == sent(scrape, entry) - already else None
-
-    return wait_for(agreeing, what=f"{beat.name}'s sends to match the broker's messages")
-
-
 @pytest.mark.slow
 def test_an_entry_every_second_is_counted_as_the_broker_received_it(
     own_redis_broker: Broker, tmp_path: Path
@@ -68,7 +50,7 @@ def test_an_entry_every_second_is_counted_as_the_broker_received_it(
         first = beat.wait_for_scrape(lambda s: sent(s, "every-second") >= 1, what="a send")
         started = time.monotonic()
         beat.wait_for_scrape(lambda s: sent(s, "every-second") >= 5, what="five sends")
-        result = wait_until_counts_match_the_broker(beat, own_redis_broker, "every-second")
+        result = wait_for_sends_to_match_the_broker(beat, own_redis_broker)
         elapsed = time.monotonic() - started
         health = json.loads(http_get(f"http://127.0.0.1:{beat.port}/health"))
 
@@ -126,7 +108,7 @@ def test_a_crontab_entry_missed_while_beat_was_down_is_sent_late_by_as_long(
         schedule_file=tmp_path / "schedule",
     ) as beat:
         result = beat.wait_for_scrape(lambda s: sent(s, "hourly") == 1, what="the missed run")
-        wait_until_counts_match_the_broker(beat, own_redis_broker, "hourly")
+        wait_for_sends_to_match_the_broker(beat, own_redis_broker)
 
     last_run = result.value("celery_beat_last_run_timestamp_seconds", entry="hourly")
     assert last_run is not None
@@ -163,9 +145,7 @@ def test_beat_and_its_endpoint_outlive_a_broker_that_dies_and_sending_resumes(
         redis_server.start()
         already = sent(before_restart, "every-second")
         beat.wait_for_scrape(lambda s: sent(s, "every-second") >= already + 2, what="resumed")
-        resumed = wait_until_counts_match_the_broker(
-            beat, redis_server.broker, "every-second", already=already
-        )
+        resumed = wait_for_sends_to_match_the_broker(beat, redis_server.broker, already)
         beat.assert_alive()
 
     assert resumed.value(ERRORS, entry="every-second", name=TASK) >= 2
