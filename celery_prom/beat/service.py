@@ -77,10 +77,9 @@ def serve(service: Any) -> None:
 
     A bad option or a busy port stops beat before it sends anything, with one line.
     """
-    settings = _settings(service.app)
+    settings, web_config = _configured(service.app)
     if not settings.enabled:
         return
-    web_config = _web_config(settings)
     recorded = Faults()
     feed: BeatFeed | None = None
     with recorded.contained(faults.STARTUP):
@@ -99,18 +98,12 @@ def serve(service: Any) -> None:
     logger.info("celery-prom: serving http://%s:%s/metrics", server.host, server.port)
 
 
-def _settings(app: Any) -> WorkerSettings:
+def _configured(app: Any) -> tuple[WorkerSettings, WebConfigFile | None]:
     try:
-        return WorkerSettings.resolve(app, _command_line())
-    except ConfigError as exc:
-        _exit(OptionError(f"celery-prom: {exc}"))
-
-
-def _web_config(settings: WorkerSettings) -> WebConfigFile | None:
-    if settings.web_config is None:
-        return None
-    try:
-        return WebConfigFile(settings.web_config)
+        settings = WorkerSettings.resolve(app, _command_line())
+        if settings.web_config is None or not settings.enabled:
+            return settings, None
+        return settings, WebConfigFile(settings.web_config)
     except ConfigError as exc:
         _exit(OptionError(f"celery-prom: {exc}"))
 

@@ -26,7 +26,7 @@ def put(entry: str, seconds: int) -> None:
         every=seconds, period=IntervalSchedule.SECONDS
     )
     PeriodicTask.objects.update_or_create(
-        name=entry, defaults={"task": "cptest_beat.noop", "interval": every}
+        name=entry, defaults={"task": "cptest_tasks.noop", "interval": every}
     )
 
 

@@ -3,7 +3,6 @@ the snapshot file its process writes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,9 @@ from celery.beat import Scheduler
 from celery_prom.beat.embedded import SnapshotFile, SnapshotWriter
 from celery_prom.beat.hook import watch
 from celery_prom.faults import BEAT, Faults
-from tests.support import Broker, Scrape, running_worker, unique, wait_for
+from tests.support import Broker, Scrape, running_worker, wait_for
 
-TASK = "cptest_beat.noop"
-
-
-@pytest.fixture
-def app() -> Iterator[Celery]:
-    app = Celery("cptest-embedded", broker="memory://", set_as_current=False)
-    app.conf.update(result_expires=None, task_default_queue=unique("q"))
-    app.conf.beat_schedule = {"hourly": {"task": TASK, "schedule": 3600.0}}
-    yield app
-    app.close()
+TASK = "cptest_tasks.noop"
 
 
 def test_the_worker_reads_what_the_beat_process_wrote(app: Celery, tmp_path: Path) -> None:

@@ -4,19 +4,17 @@ broker: ticks, sends, failed sends and the hook's own errors, counted as they ha
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from celery import Celery
 from celery.beat import PersistentScheduler, Scheduler
 from celery.schedules import schedstate, schedule
 
-from celery_prom.beat.hook import watch
+from celery_prom.beat.hook import BeatFeed, watch
 from celery_prom.faults import Faults
-from tests.support import unique
 
 HOUR = 3600.0
+HOURLY = {"task": "cptest.noop", "schedule": HOUR}
 
 
 class UnknowableDue(schedule):  # type: ignore[misc]
@@ -29,45 +27,32 @@ class UnknowableDue(schedule):  # type: ignore[misc]
         raise RuntimeError("no estimate")
 
 
-@pytest.fixture
-def app() -> Iterator[Celery]:
-    app = Celery("cptest-hook", broker="memory://", set_as_current=False)
-    # Tasks not registered here: beat sends them by name, as it does for most apps.
-    app.conf.update(result_expires=None, task_default_queue=unique("q"))
-    yield app
-    app.close()
-
-
-def overdue(scheduler: Scheduler, entry: str, seconds: float) -> None:
-    """Make ``entry`` due since ``seconds``: its last run one period (an hour) earlier."""
-    item = scheduler.schedule[entry]
-    item.last_run_at = item.default_now() - datetime.timedelta(seconds=HOUR + seconds)
-
-
 def queued(app: Celery) -> int:
     with app.connection_for_write() as connection:
         return int(connection.SimpleQueue(app.conf.task_default_queue).qsize())
 
 
-def tick_until_idle(scheduler: Any) -> None:
-    """Tick until nothing is due (a tick sends one due entry and returns 0)."""
-    while scheduler.tick() == 0:
+def run_overdue(app: Celery, entries: dict[str, Any], overdue: dict[str, float]) -> BeatFeed:
+    """Schedule ``entries``, the ``overdue`` ones due since so many seconds (they last ran
+    an hour earlier), hook the scheduler and tick until nothing is due."""
+    app.conf.beat_schedule = entries
+    queued(app)  # declares the queue
+    scheduler = Scheduler(app)
+    for name, seconds in overdue.items():
+        entry = scheduler.schedule[name]
+        entry.last_run_at = entry.default_now() - datetime.timedelta(seconds=HOUR + seconds)
+    feed = watch(scheduler, Faults())
+    while scheduler.tick() == 0:  # a tick sends one due entry and returns 0
         pass
+    return feed
 
 
 def test_each_send_is_counted_with_how_late_it_was(app: Celery) -> None:
-    app.conf.beat_schedule = {
-        "late": {"task": "cptest.noop", "schedule": HOUR},
-        "on-time": {"task": "cptest.noop", "schedule": HOUR},
-        "later": {"task": "cptest.noop", "schedule": HOUR},
-    }
-    queued(app)  # declares the queue
-    scheduler = Scheduler(app)
-    overdue(scheduler, "late", 2.0)
-    overdue(scheduler, "later", 20.0)
-    feed = watch(scheduler, Faults())
-
-    tick_until_idle(scheduler)
+    feed = run_overdue(
+        app,
+        {"late": HOURLY, "on-time": HOURLY, "later": HOURLY},
+        {"late": 2.0, "later": 20.0},
+    )
 
     sent, errors, lateness = feed.recorder.counts()
     assert sent == {("late", "cptest.noop"): 1, ("later", "cptest.noop"): 1}
@@ -80,21 +65,9 @@ def test_each_send_is_counted_with_how_late_it_was(app: Celery) -> None:
 
 
 def test_a_send_that_fails_is_counted_and_beat_goes_on(app: Celery) -> None:
-    app.conf.beat_schedule = {
-        "broken": {
-            "task": "cptest.noop",
-            "schedule": HOUR,
-            "options": {"serializer": "no-such-serializer"},
-        },
-        "fine": {"task": "cptest.noop", "schedule": HOUR},
-    }
-    queued(app)
-    scheduler = Scheduler(app)
-    overdue(scheduler, "broken", 1.0)
-    overdue(scheduler, "fine", 1.0)
-    feed = watch(scheduler, Faults())
+    unsendable = {**HOURLY, "options": {"serializer": "no-such-serializer"}}
 
-    tick_until_idle(scheduler)
+    feed = run_overdue(app, {"broken": unsendable, "fine": HOURLY}, {"broken": 1, "fine": 1})
 
     sent, errors, lateness = feed.recorder.counts()
     assert sent == {("fine", "cptest.noop"): 1}
@@ -106,18 +79,14 @@ def test_a_send_that_fails_is_counted_and_beat_goes_on(app: Celery) -> None:
 def test_an_error_of_the_hook_itself_is_contained_and_the_send_still_counted(
     app: Celery,
 ) -> None:
-    app.conf.beat_schedule = {"odd": {"task": "cptest.noop", "schedule": UnknowableDue(HOUR)}}
-    queued(app)
-    scheduler = Scheduler(app)
-    faults = Faults()
-    feed = watch(scheduler, faults)
+    odd = {"task": "cptest.noop", "schedule": UnknowableDue(HOUR)}
 
-    assert scheduler.tick() == 0
+    feed = run_overdue(app, {"odd": odd}, {})
 
     sent, _, lateness = feed.recorder.counts()
     assert sent == {("odd", "cptest.noop"): 1}
     assert lateness == {}
-    assert faults.reasons() == {"beat": "RuntimeError: no estimate"}
+    assert feed.faults.reasons() == {"beat": "RuntimeError: no estimate"}
     assert queued(app) == 1
 
 

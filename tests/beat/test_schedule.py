@@ -9,7 +9,6 @@ import datetime
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,18 +30,10 @@ from tests.support import (
 )
 
 SENT = "celery_beat_tasks_sent_total"
-TASK = "cptest_beat.noop"
+TASK = "cptest_tasks.noop"
 
 UTC = datetime.timezone.utc
 NOON = datetime.datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def app() -> Iterator[Celery]:
-    app = Celery("cptest-schedule", broker="memory://", set_as_current=False)
-    app.conf.update(result_expires=None, task_default_queue=unique("q"))
-    yield app
-    app.close()
 
 
 def entry(app: Celery, every: object, last_run_at: datetime.datetime, runs: int) -> ScheduleEntry:

@@ -34,7 +34,7 @@ from tests.support import (
 
 SENT = "celery_beat_tasks_sent_total"
 ERRORS = "celery_beat_send_errors_total"
-TASK = "cptest_beat.noop"
+TASK = "cptest_tasks.noop"
 UTC = datetime.timezone.utc
 
 
@@ -60,16 +60,18 @@ def test_an_entry_every_second_is_counted_as_the_broker_received_it(
     assert result.value(ERRORS, entry="every-second", name=TASK) == 0
     assert result.value("celery_beat_info", scheduler="celery.beat.PersistentScheduler") == 1
     assert result.value("celery_beat_entries") == 1
-    # Each sent within a second of its due time.
+    # Each sent close to its due time (within milliseconds, unless the machine is busy).
     assert result.value("celery_beat_lateness_seconds_count", entry="every-second") == count
-    assert result.value("celery_beat_lateness_seconds_bucket", entry="every-second", le="1.0") == (
+    assert result.value("celery_beat_lateness_seconds_bucket", entry="every-second", le="5.0") == (
         count
     )
     tick = result.value("celery_beat_tick_timestamp_seconds")
     last_run = result.value("celery_beat_last_run_timestamp_seconds", entry="every-second")
     next_run = result.value("celery_beat_next_run_timestamp_seconds", entry="every-second")
     assert None not in (tick, last_run, next_run)
-    assert last_run <= tick < next_run <= last_run + 1.0
+    assert last_run <= tick < next_run
+    # A second after the last run (beat plans from when it finished sending, 10 ms early).
+    assert next_run == pytest.approx(last_run + 1.0, abs=0.25)
     # What beat published shows in its own process's producer count too.
     assert result.value("celery_task_sent_total", name=TASK, queue_name=beat.queue) == count
     assert health == {
