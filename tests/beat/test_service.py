@@ -204,11 +204,15 @@ def run_beat_command(
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (("--prom-port", "http"), {}, "invalid value for --prom-port: 'http' is not an integer"),
+        (
+            ("--prom-port", "http"),
+            {},
+            "Invalid value for '--prom-port': 'http' is not a valid integer range.",
+        ),
         (
             (),
             {"CELERY_PROM_HOST": "no host!"},
-            "invalid value for CELERY_PROM_HOST: 'no host!' is not a host name or IP address",
+            "Invalid value for 'CELERY_PROM_HOST': 'no host!' is not a host name or IP address.",
         ),
         (
             ("--prom-web-config", "/nonexistent/web.yml"),
