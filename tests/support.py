@@ -30,6 +30,7 @@ REDIS_DB = 11
 AMQP_HOST = "127.0.0.1:5672"
 
 T = TypeVar("T")
+ProcessT = TypeVar("ProcessT", bound="WorkerProcess")
 
 
 def wait_for(
@@ -196,13 +197,7 @@ def start_worker(
     """Start ``celery -A app_module worker`` in ``cwd`` (which is on its import path)."""
     queue = queue or unique("q")
     name = unique("w")
-    port = free_port() if port is None else port
-    log = tmp_path / f"{name}.log"
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
+    command = [
         app_module,
         "worker",
         "-P",
@@ -217,29 +212,59 @@ def start_worker(
         "--without-mingle",
         *extra_args,
     ]
-    # Through the environment, which works however the app added the bootstep.
-    worker_env = {"CELERY_PROM_PORT": str(port), "CELERY_PROM_HOST": "127.0.0.1", **(env or {})}
+    worker = _launch(
+        WorkerProcess,
+        command,
+        broker,
+        tmp_path,
+        name=name,
+        queue=queue,
+        port=port,
+        env=env,
+        cwd=cwd,
+    )
+    if wait:
+        _wait_until_ready(worker, lambda: "ready." in worker.output())
+    return worker
+
+
+def _launch(
+    kind: type[ProcessT],
+    command: list[str],
+    broker: Broker,
+    tmp_path: Path,
+    *,
+    name: str,
+    queue: str,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+) -> ProcessT:
+    """Start ``celery -A <command>``, its output in ``tmp_path/<name>.log``."""
+    port = free_port() if port is None else port
+    log = tmp_path / f"{name}.log"
+    # Through the environment, which works however the app added celery-prom.
+    endpoint = {"CELERY_PROM_PORT": str(port), "CELERY_PROM_HOST": "127.0.0.1", **(env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            args,
+            [sys.executable, "-m", "celery", "-A", *command],
             cwd=cwd,
-            env=app_env(broker, queue, **worker_env),
+            env=app_env(broker, queue, **endpoint),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    worker = WorkerProcess(name, queue, port, process, log)
-    if wait:
-        try:
-            worker.wait_for_scrape(lambda s: True, what="the endpoint to answer")
-            wait_for(
-                lambda: "ready." in worker.output() or worker.assert_alive(),
-                what=f"{name} to be ready",
-            )
-        except BaseException:
-            # The caller never gets the worker, so nobody else could stop it.
-            worker.stop()
-            raise
-    return worker
+    return kind(name, queue, port, process, log)
+
+
+def _wait_until_ready(process: WorkerProcess, ready: Callable[[], bool]) -> None:
+    """Until the endpoint answers and ``ready()``; else the process is stopped (the caller
+    never gets it, so nobody else could stop it)."""
+    try:
+        process.wait_for_scrape(lambda s: True, what="the endpoint to answer")
+        wait_for(lambda: ready() or process.assert_alive(), what=f"{process.name} to be ready")
+    except BaseException:
+        process.stop()
+        raise
 
 
 @contextlib.contextmanager
@@ -270,42 +295,12 @@ def start_beat(
     keeping its state in ``schedule_file`` (a new file unless given)."""
     queue = queue or unique("q")
     name = unique("beat")
-    port = free_port()
-    log = tmp_path / f"{name}.log"
     schedule_file = schedule_file or tmp_path / f"{name}-schedule"
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "cptest_beat",
-        "beat",
-        "-s",
-        str(schedule_file),
-        "--loglevel=INFO",
-        *extra_args,
-    ]
-    beat_env = {
-        "CELERY_PROM_PORT": str(port),
-        "CELERY_PROM_HOST": "127.0.0.1",
-        "CPTEST_BEAT_SCHEDULE": json.dumps(schedule),
-        **(env or {}),
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            args,
-            cwd=REPO,
-            env=app_env(broker, queue, **beat_env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    beat = BeatProcess(name, queue, port, process, log)
+    command = ["cptest_beat", "beat", "-s", str(schedule_file), "--loglevel=INFO", *extra_args]
+    beat_env = {"CPTEST_BEAT_SCHEDULE": json.dumps(schedule), **(env or {})}
+    beat = _launch(BeatProcess, command, broker, tmp_path, name=name, queue=queue, env=beat_env)
     if wait:
-        try:
-            beat.wait_for_scrape(lambda s: True, what="the endpoint to answer")
-        except BaseException:
-            beat.stop()
-            raise
+        _wait_until_ready(beat, lambda: True)
     return beat
 
 
@@ -334,6 +329,21 @@ def running_beat(*args: Any, **kwargs: Any) -> Iterator[BeatProcess]:
         yield beat
     finally:
         beat.stop()
+
+
+def run_refused(
+    broker: Broker, command: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``celery -A <app> <command>`` of a test app that is expected to refuse to start."""
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", *command],
+        cwd=REPO,
+        env=app_env(broker, unique("q"), **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def load_test_app(broker: Broker, queue: str) -> Any:

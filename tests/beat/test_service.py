@@ -7,8 +7,6 @@ import base64
 import datetime
 import json
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 from pathlib import Path
@@ -20,14 +18,12 @@ from celery.beat import PersistentScheduler
 from celery.schedules import crontab
 
 from tests.support import (
-    REPO,
     Broker,
     Scrape,
-    app_env,
     http_get,
     private_redis,
+    run_refused,
     running_beat,
-    unique,
     wait_for,
     wait_for_sends_to_match_the_broker,
 )
@@ -186,21 +182,6 @@ def _get_or_none(url: str, headers: dict[str, str]) -> str | None:
         return None
 
 
-def run_beat_command(
-    broker: Broker, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """A beat that is expected to refuse to start."""
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "cptest_beat", "beat", *args],
-        cwd=REPO,
-        env=app_env(broker, unique("q"), **(env or {})),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
@@ -224,7 +205,9 @@ def run_beat_command(
 def test_a_bad_option_stops_beat_with_one_line(
     args: tuple[str, ...], env: dict[str, str], message: str, redis_broker: Broker, tmp_path: Path
 ) -> None:
-    result = run_beat_command(redis_broker, "-s", str(tmp_path / "schedule"), *args, env=env)
+    result = run_refused(
+        redis_broker, ["cptest_beat", "beat", "-s", str(tmp_path / "schedule"), *args], env
+    )
 
     assert (result.returncode, result.stderr.splitlines()) == (
         2,
@@ -238,14 +221,19 @@ def test_a_busy_port_stops_beat_with_one_line(redis_broker: Broker, tmp_path: Pa
         taken.listen()
         port = taken.getsockname()[1]
 
-        result = run_beat_command(
+        schedule = str(tmp_path / "schedule")
+        result = run_refused(
             redis_broker,
-            "-s",
-            str(tmp_path / "schedule"),
-            "--prom-port",
-            str(port),
-            "--prom-host",
-            "127.0.0.1",
+            [
+                "cptest_beat",
+                "beat",
+                "-s",
+                schedule,
+                "--prom-port",
+                str(port),
+                "--prom-host",
+                "127.0.0.1",
+            ],
         )
 
     assert (result.returncode, result.stderr.splitlines()) == (

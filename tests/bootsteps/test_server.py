@@ -7,7 +7,6 @@ import json
 import socket
 import ssl
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -20,15 +19,13 @@ import pytest
 from tests.bootsteps.test_tap import MIX_EXPECTED, assert_counts, run_mix
 from tests.certs import make_pki
 from tests.support import (
-    REPO,
     Broker,
     RedisServer,
-    app_env,
     free_port,
     http_get,
     promtool_check_metrics,
+    run_refused,
     running_worker,
-    unique,
     wait_for,
 )
 
@@ -39,15 +36,7 @@ def run_worker_command(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """A worker that is expected to refuse to start."""
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "cptest_tasks", "worker", "-P", "solo", *args],
-        cwd=REPO,
-        env=app_env(broker, unique("q"), **(env or {})),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_refused(broker, ["cptest_tasks", "worker", "-P", "solo", *args], env)
 
 
 def our_lines(output: str) -> list[str]:
