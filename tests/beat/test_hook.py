@@ -18,10 +18,11 @@ HOURLY = {"task": "cptest.noop", "schedule": HOUR}
 
 
 class UnknowableDue(schedule):  # type: ignore[misc]
-    """Always due; its due time cannot be estimated."""
+    """Due an hour after the last run, as beat sees it; its due time cannot be estimated."""
 
     def is_due(self, last_run_at: datetime.datetime) -> schedstate:
-        return schedstate(True, HOUR)
+        since = self.now() - self.maybe_make_aware(last_run_at)
+        return schedstate(since >= datetime.timedelta(seconds=HOUR), HOUR)
 
     def remaining_estimate(self, last_run_at: datetime.datetime) -> datetime.timedelta:
         raise RuntimeError("no estimate")
@@ -81,7 +82,7 @@ def test_an_error_of_the_hook_itself_is_contained_and_the_send_still_counted(
 ) -> None:
     odd = {"task": "cptest.noop", "schedule": UnknowableDue(HOUR)}
 
-    feed = run_overdue(app, {"odd": odd}, {})
+    feed = run_overdue(app, {"odd": odd}, {"odd": 1.0})
 
     sent, _, lateness = feed.recorder.counts()
     assert sent == {("odd", "cptest.noop"): 1}
