@@ -25,7 +25,9 @@ from celery_prom.metrics import OVERFLOW_LABEL_VALUE, TASK_COUNTERS, LabelLimits
 SeriesKey = tuple[str, str, str]
 
 #: Index of each outcome counter inside ``TaskSeries.counters``.
-RECEIVED, STARTED, SUCCEEDED, RETRIED, REVOKED, REJECTED = range(len(TASK_COUNTERS))
+RECEIVED, STARTED, SUCCEEDED, RETRIED, REVOKED, REJECTED, REPLACED, IGNORED = range(
+    len(TASK_COUNTERS)
+)
 
 
 class Histogram:
