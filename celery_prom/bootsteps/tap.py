@@ -23,6 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import celery
@@ -30,6 +31,7 @@ from celery import bootsteps, signals
 from celery.worker import state as worker_state
 
 from celery_prom import faults
+from celery_prom.bootsteps.ignored import IgnoreWatch
 from celery_prom.bootsteps.worker_state import (
     INVALID_TASK,
     INVALID_UNDECODABLE,
@@ -238,6 +240,7 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
         self.failures = FailureLog()
         self._main_pid = os.getpid()
         self._tap: EventTap | None = None
+        self._ignore_watch: IgnoreWatch | None = None
         self._consumer_overrides: dict[str, Any] = {}
         super().__init__(c, **kwargs)
 
@@ -283,6 +286,10 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
             name: c.__dict__.get(name) for name in ("create_task_handler", "on_decode_error")
         }
         c.event_dispatcher = tap
+        # Celery sends no event when an attempt raises Ignore (Task.replace does); the
+        # strategies rebuilt next take the pool's apply_async that sees it.
+        self._ignore_watch = IgnoreWatch(partial(self.metrics.recorder.record_ignored, c.hostname))
+        self._ignore_watch.install(c.pool)
         c.update_strategies()
         # Requests that outlived a reconnect still point at the dispatcher they had (on
         # Celery < 5.7, ETA requests not yet due keep the previous tap, which records too).
@@ -306,6 +313,9 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
             else:
                 setattr(c, name, previous)
         self._consumer_overrides = {}
+        if self._ignore_watch is not None:
+            self._ignore_watch.uninstall()
+            self._ignore_watch = None
         tap, self._tap = self._tap, None
         if tap is not None and c.event_dispatcher is tap:
             c.event_dispatcher = tap.dispatcher
