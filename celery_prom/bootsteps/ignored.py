@@ -17,11 +17,14 @@ crossed from a pool process, else wrapped in billiard's ``ExceptionWithTraceback
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
 from celery.exceptions import Ignore
+
+logger = logging.getLogger(__name__)
 
 #: The message of the ``Ignore`` that ``Task.on_replace`` raises.
 REPLACED_MESSAGE = "Replaced by new task"
@@ -88,8 +91,11 @@ def _reporting_ignore(
             return callback(result, *args, **kwargs)
         finally:
             # After Celery's own handling, which for Ignore only acknowledges the message.
-            ignore = raised_ignore(result)
-            if ignore is not None:
-                on_ignored(task_id, is_replacement(ignore))
+            try:
+                ignore = raised_ignore(result)
+                if ignore is not None:
+                    on_ignored(task_id, is_replacement(ignore))
+            except Exception:  # the pool's result handling must go on regardless
+                logger.exception("celery-prom: could not record how task %s ended", task_id)
 
     return on_result

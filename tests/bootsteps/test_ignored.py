@@ -110,3 +110,17 @@ def test_the_watch_passes_other_results_through_untouched() -> None:
     returned = pool.apply_async(len, callback=lambda result: result, correlation_id="t1")
 
     assert (returned, calls) == ((0, "3", 0.01), [])
+
+
+def test_a_failure_to_record_never_reaches_the_pool(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(task_id: str, replaced: bool) -> None:
+        raise RuntimeError("recorder broke")
+
+    result = (1, exception_info(Ignore()), 0.01)
+    pool = StandInPool(result)
+    IgnoreWatch(broken).install(pool)
+
+    returned = pool.apply_async(len, callback=lambda result: "acknowledged", correlation_id="t1")
+
+    assert returned == "acknowledged"
+    assert "could not record how task t1 ended" in caplog.text
