@@ -364,7 +364,7 @@ def exception_class_name(text: str) -> str:
 
 
 def _exception_label(event: Mapping[str, Any]) -> str:
-    # The worker tap knows the real class (from task_failure) and passes it along.
+    # The worker tap knows the real class (from the pool's result, or task_failure).
     exact = event.get("exception_type")
     if isinstance(exact, str) and exact:
         return _label(exact)

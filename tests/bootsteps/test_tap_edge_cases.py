@@ -261,7 +261,7 @@ def test_prefork_failures_keep_their_exception_class(
     }
     # Reject(requeue=False) of an acks_late task fails it and rejects its message.
     assert counts(scrape, worker, "reject") == {**one_failure, "rejected": 1, "failed:Reject": 1}
-    # The repr of OddRepr hides its class and prefork only passes the repr on.
+    # The event shows only a repr, which OddRepr's hides its class in; the result has it.
     assert counts(scrape, worker, "fail") == {
         "received": 2,
         "started": 2,
@@ -270,7 +270,7 @@ def test_prefork_failures_keep_their_exception_class(
         "revoked": 0,
         "rejected": 0,
         "failed:NotPicklable": 1,
-        "failed:unknown": 1,
+        "failed:OddRepr": 1,
     }
     assert dropped(scrape) == {"duplicate": 1}
 
