@@ -159,6 +159,21 @@ TASK_REJECTED = Family(
     TASK_LABELS,
     ServedBy.BOTH,
 )
+TASK_REPLACED = Family(
+    "celery_task_replaced_total",
+    MetricType.COUNTER,
+    "Task executions that ended by Task.replace (the replacement counts as an execution "
+    "of its own, under its own name).",
+    TASK_LABELS,
+    ServedBy.BOTH,
+)
+TASK_IGNORED = Family(
+    "celery_task_ignored_total",
+    MetricType.COUNTER,
+    "Task executions that ended by raising Ignore, other than by Task.replace.",
+    TASK_LABELS,
+    ServedBy.BOTH,
+)
 TASK_RUNTIME = Family(
     "celery_task_runtime_seconds",
     MetricType.HISTOGRAM,
@@ -184,6 +199,8 @@ TASK_COUNTERS: tuple[Family, ...] = (
     TASK_RETRIED,
     TASK_REVOKED,
     TASK_REJECTED,
+    TASK_REPLACED,
+    TASK_IGNORED,
 )
 TASK_HISTOGRAMS: tuple[Family, ...] = (TASK_RUNTIME, TASK_QUEUE_WAIT)
 

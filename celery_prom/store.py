@@ -31,7 +31,9 @@ from celery_prom.metrics import (
 SeriesKey = tuple[str, str, str]
 
 #: Index of each outcome counter inside ``TaskSeries.counters``.
-RECEIVED, STARTED, SUCCEEDED, RETRIED, REVOKED, REJECTED = range(len(TASK_COUNTERS))
+RECEIVED, STARTED, SUCCEEDED, RETRIED, REVOKED, REJECTED, REPLACED, IGNORED = range(
+    len(TASK_COUNTERS)
+)
 
 
 class Histogram:
