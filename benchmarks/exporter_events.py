@@ -28,6 +28,7 @@ import base64
 import json
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -39,19 +40,21 @@ from celery import Celery
 from prometheus_client import Counter, start_http_server
 
 from celery_prom.config import ExporterSettings
-from celery_prom.events import KombuEventStream
-from celery_prom.exporter import EventReceiver, Exporter
+from celery_prom.exporter.receiver import EventReceiver
+from celery_prom.exporter.service import Exporter
+from celery_prom.exporter.streams import EventSource, KombuEventStream
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script: tests.support from the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import (  # benchmarks run as scripts, next to this module
-    PYTHON,
+from tests.support import (
     REPO,
+    exporter_command,
     free_port,
     metric_sum,
     private_redis,
-    stop,
-    wait_until,
+    stop_process,
+    wait_for,
 )
 
 PUBLISHERS = 2
@@ -155,7 +158,7 @@ def run_flood(
     publishers = [
         subprocess.Popen(
             [
-                PYTHON,
+                sys.executable,
                 __file__,
                 "publish",
                 "--port",
@@ -214,27 +217,14 @@ def consumers(redis_port: int) -> list[Consumer]:
     return [
         Consumer(
             "celery-prom exporter",
-            [
-                PYTHON,
-                "-m",
-                "celery_prom.cli",
-                "exporter",
-                "--broker-url",
-                url,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ours),
-                "--log-level",
-                "WARNING",
-            ],
+            exporter_command(url, ours, "--log-level", "WARNING"),
             ours,
             "celery_prom_events_received_total",
         ),
         Consumer(
             "flower",
             [
-                PYTHON,
+                sys.executable,
                 "-m",
                 "celery",
                 "--broker",
@@ -249,13 +239,13 @@ def consumers(redis_port: int) -> list[Consumer]:
         ),
         Consumer(
             "celery-prom, kombu path",
-            [PYTHON, __file__, "kombu-path", "--broker", url, "--port", str(kombu_path)],
+            [sys.executable, __file__, "kombu-path", "--broker", url, "--port", str(kombu_path)],
             kombu_path,
             "celery_prom_events_received_total",
         ),
         Consumer(
             "celery EventReceiver",
-            [PYTHON, __file__, "stock-receiver", "--broker", url, "--port", str(stock)],
+            [sys.executable, __file__, "stock-receiver", "--broker", url, "--port", str(stock)],
             stock,
             "stock_events_total",
         ),
@@ -285,12 +275,21 @@ def kombu_path(broker: str, port: int) -> None:
     assert exporter.server is not None
     exporter.server.start()
     EventReceiver(
-        lambda: KombuEventStream(broker, {}, "celeryev", 2.0, exporter.router.on_message_body),
+        lambda: KombuEventStream(
+            EventSource(broker, {}, "celeryev", 2.0), exporter.router.on_message_body
+        ),
         exporter.status,
         exporter.liveness,
         exporter.losses,
         safe_url=broker,
     ).run()
+
+
+#: The consumers this script runs itself, by their subcommand.
+RECEIVERS: dict[str, Callable[[str, int], None]] = {
+    "kombu-path": kombu_path,
+    "stock-receiver": stock_receiver,
+}
 
 
 def measure(
@@ -332,7 +331,7 @@ def warm_up(consumer: Consumer, redis_port: int) -> None:
         time.sleep(0.2)
         return (consumer.count() or 0) > 0
 
-    wait_until(counted, 60, f"{consumer.name} to receive events")
+    wait_for(counted, timeout=60, what=f"{consumer.name} to receive events")
 
 
 def main() -> None:
@@ -343,12 +342,12 @@ def main() -> None:
     args = parser.parse_args()
     rates = [int(rate) for rate in args.rates.split(",")]
     results: list[Result] = []
-    with private_redis() as server:
+    with tempfile.TemporaryDirectory() as workdir, private_redis(Path(workdir)) as server:
         redis_port = server.port
         for consumer in consumers(redis_port):
             process = subprocess.Popen(consumer.command, cwd=REPO, stdout=subprocess.DEVNULL)
             try:
-                wait_until(consumer.answers, 60, f"{consumer.name}")
+                wait_for(consumer.answers, timeout=60, what=consumer.name)
                 warm_up(consumer, redis_port)
                 for n, rate in enumerate(rates):
                     clock_start = (n + 1) * 10_000_000
@@ -356,7 +355,7 @@ def main() -> None:
                     results.append(result)
                     print(_row(result), flush=True)
             finally:
-                stop(process)
+                stop_process(process)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
 
@@ -379,17 +378,11 @@ if __name__ == "__main__":
         publisher.add_argument("--clock-start", type=int)
         a = publisher.parse_args(sys.argv[2:])
         publish(a.port, a.index, a.rate, a.seconds, a.clock_start)
-    elif len(sys.argv) > 1 and sys.argv[1] == "kombu-path":
+    elif len(sys.argv) > 1 and sys.argv[1] in RECEIVERS:
         receiver = argparse.ArgumentParser()
         receiver.add_argument("--broker")
         receiver.add_argument("--port", type=int)
         a = receiver.parse_args(sys.argv[2:])
-        kombu_path(a.broker, a.port)
-    elif len(sys.argv) > 1 and sys.argv[1] == "stock-receiver":
-        receiver = argparse.ArgumentParser()
-        receiver.add_argument("--broker")
-        receiver.add_argument("--port", type=int)
-        a = receiver.parse_args(sys.argv[2:])
-        stock_receiver(a.broker, a.port)
+        RECEIVERS[sys.argv[1]](a.broker, a.port)
     else:
         main()

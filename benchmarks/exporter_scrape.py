@@ -5,7 +5,8 @@
 1. In process, the same store rendered two ways: prometheus_client's generic
    ``generate_latest`` of a registry holding the store (its ``collect()``), and
    ``TaskExposition``, which keeps each series' text until the series changes. Warm
-   renders are measured with 0 %, 1 % and 10 % of the series changed since the last one.
+   renders are measured with 0 %, 1 % and 10 % of the series changed since the last one;
+   then gzip of the page at the endpoint's level and at prometheus_client's (9).
 2. End to end: a real ``celery-prom exporter`` on a private redis-server, fed the series
    through task events; full ``/metrics`` scrapes over HTTP (plain and gzip), then the
    same event flood with and without a client scraping back to back, to show that
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gzip
 import json
 import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -35,20 +38,23 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from celery_prom.exposition import TaskExposition
+from celery_prom.http import GZIP_LEVEL
 from celery_prom.store import RECEIVED, TaskStore
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script: next to exporter_events, and tests.support from the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import (  # benchmarks run as scripts, next to this module
-    PYTHON,
+from exporter_events import envelope, run_flood
+
+from tests.support import (
     REPO,
+    exporter_command,
     free_port,
     metric_sum,
     private_redis,
-    stop,
-    wait_until,
+    stop_process,
+    wait_for,
 )
-from exporter_events import envelope, run_flood
 
 RUNS = 5
 
@@ -115,6 +121,12 @@ def in_process(names: int, workers: int) -> dict[str, object]:
             durations += timed(exposition.render, runs=1)
         result[f"incremental_{int(fraction * 100)}pct_changed"] = durations
         print(f"  TaskExposition, {fraction:4.0%} changed       {describe(durations)}")
+    page = exposition.render().encode()
+    for level in (GZIP_LEVEL, 9):
+        durations = timed(functools.partial(gzip.compress, page, compresslevel=level), runs=3)
+        size = len(gzip.compress(page, compresslevel=level))
+        result[f"gzip_level_{level}"] = {"durations": durations, "bytes": size}
+        print(f"  gzip level {level}, {size / 1e6:5.2f} MB          {describe(durations)}")
     return result
 
 
@@ -219,31 +231,20 @@ def flood_counted(
 
 def end_to_end(names: int, workers: int, flood_rate: int, seconds: float) -> dict[str, object]:
     result: dict[str, object] = {}
-    with private_redis() as server:
+    with tempfile.TemporaryDirectory() as workdir, private_redis(Path(workdir)) as server:
         redis_port = server.port
         port = free_port()
-        command = [
-            PYTHON,
-            "-m",
-            "celery_prom.cli",
-            "exporter",
-            "--broker-url",
-            f"redis://127.0.0.1:{redis_port}/0",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "WARNING",
-        ]
+        command = exporter_command(server.url, port, "--log-level", "WARNING")
         exporter = subprocess.Popen(command, cwd=REPO)
         try:
-            wait_until(lambda: metric_sum(port, "celery_prom_broker_up") == 1, 60, "exporter")
+            wait_for(
+                lambda: metric_sum(port, "celery_prom_broker_up") == 1, timeout=60, what="exporter"
+            )
             sent = feed_series(redis_port, names, workers)
-            wait_until(
+            wait_for(
                 lambda: metric_sum(port, "celery_prom_events_received_total") == sent,
-                300,
-                f"{sent} events counted",
+                timeout=300,
+                what=f"{sent} events counted",
             )
             plain = timed(lambda: scrape_once(port, gzip=False))
             gzipped = timed(lambda: scrape_once(port, gzip=True))
@@ -274,7 +275,7 @@ def end_to_end(names: int, workers: int, flood_rate: int, seconds: float) -> dic
                 f"{describe(scraper.durations)}"
             )
         finally:
-            stop(exporter)
+            stop_process(exporter)
     return result
 
 

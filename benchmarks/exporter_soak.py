@@ -22,15 +22,27 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from celery import Celery
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script: tests.support from the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import PYTHON, REPO, RedisServer, free_port, stop  # benchmarks run as scripts
+from tests.support import (
+    REPO,
+    Broker,
+    RedisServer,
+    Scrape,
+    app_env,
+    exporter_command,
+    free_port,
+    http_get,
+    stop_process,
+    unique,
+    worker_command,
+)
 
 COUNTERS = ("celery_prom_events_received_total", "celery_task_succeeded_total")
 QUEUE = "soak"
@@ -50,16 +62,12 @@ def scrape(port: int) -> tuple[dict[str, float], float] | None:
     """Sums of the counters and broker_up, and the time the scrape took."""
     started = time.perf_counter()
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            text = response.read().decode()
+        text = http_get(f"http://127.0.0.1:{port}/metrics")
     except OSError:
         return None
-    sums: dict[str, float] = {}
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in (*COUNTERS, "celery_prom_broker_up"):
-            sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return sums, time.perf_counter() - started
+    took = time.perf_counter() - started
+    scraped = Scrape(text)
+    return {name: scraped.total(name) for name in (*COUNTERS, "celery_prom_broker_up")}, took
 
 
 def watch(port: int, seen: Observations, done: threading.Event) -> None:
@@ -97,23 +105,20 @@ def resources(pid: int) -> tuple[int, int]:
 
 
 def start_processes(url: str, port: int, logdir: Path) -> list[subprocess.Popen[bytes]]:
-    env = dict(
-        os.environ,
-        CPTEST_BROKER_URL=url,
-        CPTEST_INSTRUMENTATION="none",
-        CPTEST_QUEUE=QUEUE,
-        PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "apps"), str(REPO)]),
+    env = app_env(Broker(url), QUEUE, CPTEST_INSTRUMENTATION="none")
+    exporter = exporter_command(url, port, "-Q", QUEUE, "--worker-timeout", "10")
+    worker = worker_command(
+        QUEUE,
+        name=unique("soak"),
+        pool="solo",
+        concurrency=1,
+        loglevel="WARNING",
+        extra_args=("-E", "--without-gossip"),
     )
-    exporter_args = ["-m", "celery_prom.cli", "exporter", "--broker-url", url, "-Q", QUEUE]
-    exporter_args += ["--host", "127.0.0.1", "--port", str(port), "--worker-timeout", "10"]
-    worker_args = ["-m", "celery", "-A", "cptest_tasks", "worker", "-P", "solo", "-E"]
-    worker_args += ["-Q", QUEUE, "--loglevel=WARNING", "--without-mingle", "--without-gossip"]
     processes = []
-    for name, args in (("exporter", exporter_args), ("worker", worker_args)):
+    for name, command in (("exporter", exporter), ("worker", worker)):
         with (logdir / f"{name}.log").open("wb") as log:
-            processes.append(
-                subprocess.Popen([PYTHON, *args], cwd=REPO, env=env, stdout=log, stderr=log)
-            )
+            processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log))
     return processes
 
 
@@ -133,9 +138,9 @@ def main() -> None:
     parser.add_argument("--down", type=float, default=3.0, help="seconds the broker stays down")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="celery-prom-soak-") as workdir:
-        server = RedisServer(workdir)
+        server = RedisServer(Path(workdir))
         server.start()
-        url = f"redis://127.0.0.1:{server.port}/0"
+        url = server.url
         port = free_port()
         exporter, worker = start_processes(url, port, Path(workdir))
         seen, done = Observations(), threading.Event()
@@ -151,9 +156,9 @@ def main() -> None:
             done.set()
             for thread in threads:
                 thread.join()
-            stop(worker)
-            stop(exporter)
-            server.kill()
+            stop_process(worker)
+            stop_process(exporter)
+            server.stop()
 
 
 @dataclass
@@ -176,7 +181,7 @@ def soak(
     start_resources = None
     while time.monotonic() < deadline and exporter.poll() is None:
         time.sleep(options.period - options.down)
-        server.kill()
+        server.stop()
         time.sleep(options.down)
         server.start()
         recoveries.append(seconds_until_up(seen, options.period))

@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,12 +43,28 @@ from pathlib import Path
 from typing import TypeVar
 
 import redis
-from common import REPO, free_port  # benchmarks run as scripts, next to this module
+
+# Run as a script: tests.support from the repository.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support import (
+    REPO,
+    Broker,
+    app_env,
+    free_port,
+    stop_process,
+    try_scrape,
+    unique,
+    wait_for,
+    worker_command,
+)
 
 T = TypeVar("T")
 DB = 12
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PREFIX = f"cpbench-{uuid.uuid4().hex[:8]}:"
+BROKER = Broker(f"redis://127.0.0.1:6379/{DB}", {"global_keyprefix": PREFIX})
+SUCCEEDED = "celery_task_succeeded_total"
 CONFIGS = {
     "plain": ("none", ()),
     "bootstep": ("install", ()),
@@ -132,41 +147,23 @@ def start_worker(
     """A prefork -c 2 worker of ``config`` consuming ``queue``, and its metrics port."""
     instrumentation, extra = CONFIGS[config]
     port = free_port()
-    env = dict(
-        os.environ,
-        CPTEST_BROKER_URL=f"redis://127.0.0.1:6379/{DB}",
-        CPTEST_TRANSPORT_OPTIONS=json.dumps({"global_keyprefix": PREFIX}),
-        CPTEST_QUEUE=queue,
+    env = app_env(
+        BROKER,
+        queue,
         CPTEST_INSTRUMENTATION=instrumentation,
         CELERY_PROM_PORT=str(port),
         CELERY_PROM_HOST="127.0.0.1",
-        PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "apps"), str(REPO)]),
     )
-    args = [
-        *wrapper,
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "cptest_tasks",
-        "worker",
-        "-P",
-        "prefork",
-        "-c",
-        "2",
-        "-Q",
-        queue,
-        "--loglevel=WARNING",
-        "--without-mingle",
-        *extra,
-    ]
+    command = worker_command(queue, name=unique(config), loglevel="WARNING", extra_args=extra)
     with log.open("wb") as output:
-        worker = subprocess.Popen(args, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [*wrapper, *command], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
     return worker, port
 
 
 def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Run:
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    queue = unique("bench")
     preload(client, queue, tasks)
     worker, port = start_worker(config, queue, logdir / f"{config}-{queue}.log")
     try:
@@ -183,8 +180,7 @@ def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Run:
             pool_cpu=(pool_end - pool_start) / measured * 1e6,
         )
     finally:
-        worker.terminate()
-        worker.wait(60)
+        stop_process(worker, 60)
         client.delete(PREFIX + queue)
 
 
@@ -194,7 +190,7 @@ def count_instructions(client: redis.Redis, config: str, tasks: int, logdir: Pat
     Counting is switched on when 90 % of the queue is left and off at 30 % (under valgrind
     the worker is slow, so the window is shorter than the throughput run's).
     """
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    queue = unique("bench")
     preload(client, queue, tasks)
     profile = logdir / f"{config}-{queue}.callgrind"
     wrapper = (
@@ -210,8 +206,7 @@ def count_instructions(client: redis.Redis, config: str, tasks: int, logdir: Pat
         _time_when_below(client, queue, 0.3 * tasks)
         last = _switch_counting(worker.pid, "off", client, queue)
     finally:
-        worker.terminate()
-        worker.wait(300)
+        stop_process(worker, 300)  # callgrind writes the counts as the worker exits
         client.delete(PREFIX + queue)
     # The children, forked from it, write their own files; the main process's has its pid.
     totals = re.search(r"^totals: (\d+)", Path(f"{profile}.{worker.pid}").read_text(), re.M)
@@ -252,19 +247,13 @@ def _time_when_below(client: redis.Redis, queue: str, level: float) -> float:
 
 def _check_counts(port: int, queue: str, tasks: int) -> None:
     """The bootstep must have counted every task exactly (a benchmark of a wrong tool is moot)."""
-    deadline = time.monotonic() + 120
-    succeeded = 0.0
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        succeeded = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("celery_task_succeeded_total{") and f'"{queue}"' in line
-        )
-        if succeeded >= tasks:
-            break
-        time.sleep(0.1)
+
+    def all_counted() -> float | None:
+        scraped = try_scrape(port)
+        succeeded = 0.0 if scraped is None else scraped.total(SUCCEEDED, queue_name=queue)
+        return succeeded if succeeded >= tasks else None
+
+    succeeded = wait_for(all_counted, timeout=120, what=f"{tasks} successes counted")
     if succeeded != tasks:
         raise RuntimeError(f"bootstep counted {succeeded} successes of {tasks} tasks")
 

@@ -68,6 +68,16 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the message is fit to show the user as is."""
 
 
+class OptionError(click.ClickException):
+    """A bad option value: printed as ``Error: <message>``, exit status 2.
+
+    Unlike ``click.UsageError`` it never prints the usage block, so the error is one line
+    even when raised from inside a running command (such as ``celery worker``).
+    """
+
+    exit_code = 2
+
+
 class Setting(click.Option):
     """``--<prefix><key>``, else ``CELERY_PROM_<KEY>``, else the app's ``celery_prom_<key>``
     (then ``app_setting``, the app's own setting of the same meaning), else the default.
@@ -285,12 +295,10 @@ class Buckets(_ParamType):
             bounds = tuple(float(item) for item in items if str(item).strip())
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a list of numbers.", param, ctx)
-        finite = [b for b in bounds if b != float("inf")]
-        if not finite:
-            self.fail("at least one finite bucket bound is needed.", param, ctx)
-        if finite != sorted(set(finite)) or any(math.isnan(b) for b in finite):
-            self.fail(f"bucket bounds must increase strictly: {value!r}.", param, ctx)
-        return tuple(finite)
+        try:
+            return metrics.bucket_bounds(bounds)
+        except ValueError as exc:
+            self.fail(f"{exc}.", param, ctx)
 
 
 def worker_endpoint_settings(

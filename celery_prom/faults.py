@@ -33,6 +33,13 @@ MULTIPROCESS = "multiprocess"
 BEAT = "beat"
 
 
+def describe_error(error: BaseException) -> str:
+    """An error on one line, its type and the first line of its message, passwords masked."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    name = type(error).__name__
+    return mask_secrets(f"{name}: {text}" if text else name)
+
+
 class Faults:
     """Errors by component: how many, and the last one's reason."""
 
@@ -42,7 +49,7 @@ class Faults:
         self._lock = threading.Lock()
 
     def record(self, component: str, error: BaseException) -> None:
-        reason = mask_secrets(f"{type(error).__name__}: {error}")
+        reason = describe_error(error)
         with self._lock:
             first = component not in self._counts
             self._counts[component] = self._counts.get(component, 0) + 1

@@ -6,6 +6,8 @@ the metric reference in docs/metrics.md is generated from this module and tested
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, TypeVar
@@ -98,6 +100,19 @@ DEFAULT_RUNTIME_BUCKETS: tuple[float, ...] = (
 )
 DEFAULT_QUEUE_WAIT_BUCKETS: tuple[float, ...] = DEFAULT_RUNTIME_BUCKETS
 
+
+def bucket_bounds(buckets: Iterable[float]) -> tuple[float, ...]:
+    """Histogram bucket bounds, checked: the finite ones (``+Inf`` is always the last
+    bucket), at least one, increasing strictly; a ``ValueError`` says what is wrong."""
+    bounds = tuple(float(b) for b in buckets if b != math.inf)
+    if not bounds:
+        raise ValueError("at least one finite bucket bound is needed")
+    if any(math.isnan(b) for b in bounds) or list(bounds) != sorted(set(bounds)):
+        shown = ", ".join(f"{b:g}" for b in bounds)
+        raise ValueError(f"bucket bounds must increase strictly: {shown}")
+    return bounds
+
+
 TASK_RECEIVED = Family(
     "celery_task_received_total",
     MetricType.COUNTER,
@@ -147,6 +162,21 @@ TASK_REJECTED = Family(
     TASK_LABELS,
     ServedBy.BOTH,
 )
+TASK_REPLACED = Family(
+    "celery_task_replaced_total",
+    MetricType.COUNTER,
+    "Task executions that ended by Task.replace (the replacement counts as an execution "
+    "of its own, under its own name).",
+    TASK_LABELS,
+    ServedBy.BOTH,
+)
+TASK_IGNORED = Family(
+    "celery_task_ignored_total",
+    MetricType.COUNTER,
+    "Task executions that ended by raising Ignore, other than by Task.replace.",
+    TASK_LABELS,
+    ServedBy.BOTH,
+)
 TASK_RUNTIME = Family(
     "celery_task_runtime_seconds",
     MetricType.HISTOGRAM,
@@ -172,6 +202,8 @@ TASK_COUNTERS: tuple[Family, ...] = (
     TASK_RETRIED,
     TASK_REVOKED,
     TASK_REJECTED,
+    TASK_REPLACED,
+    TASK_IGNORED,
 )
 TASK_HISTOGRAMS: tuple[Family, ...] = (TASK_RUNTIME, TASK_QUEUE_WAIT)
 

@@ -32,12 +32,12 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
 
 from prometheus_client import values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from celery_prom.faults import MULTIPROCESS, Faults
 
@@ -97,10 +97,6 @@ DROPPED_WITH_PROCESS = frozenset(
 
 class SetupError(Exception):
     """Multiprocess mode cannot work as set up; the message is one line fit for the user."""
-
-
-class Collector(Protocol):
-    def collect(self) -> Iterable[Metric]: ...
 
 
 def prometheus_client_is_multiprocess() -> bool:

@@ -20,12 +20,20 @@ from prometheus_client.metrics_core import (
 from prometheus_client.utils import floatToGoString
 
 from celery_prom import metrics
-from celery_prom.metrics import OVERFLOW_LABEL_VALUE, TASK_COUNTERS, LabelLimits, new_family
+from celery_prom.metrics import (
+    OVERFLOW_LABEL_VALUE,
+    TASK_COUNTERS,
+    LabelLimits,
+    bucket_bounds,
+    new_family,
+)
 
 SeriesKey = tuple[str, str, str]
 
 #: Index of each outcome counter inside ``TaskSeries.counters``.
-RECEIVED, STARTED, SUCCEEDED, RETRIED, REVOKED, REJECTED = range(len(TASK_COUNTERS))
+RECEIVED, STARTED, SUCCEEDED, RETRIED, REVOKED, REJECTED, REPLACED, IGNORED = range(
+    len(TASK_COUNTERS)
+)
 
 
 class Histogram:
@@ -71,7 +79,7 @@ class SeriesSnapshot:
 
 
 @dataclass
-class _CappedValues:
+class CappedValues:
     """Distinct values seen for one label, admitted up to a cap."""
 
     cap: int
@@ -97,13 +105,13 @@ class TaskStore:
         queue_wait_buckets: Sequence[float] = metrics.DEFAULT_QUEUE_WAIT_BUCKETS,
         limits: LabelLimits | None = None,
     ) -> None:
-        self.runtime_bounds = _validated_bounds(runtime_buckets)
-        self.queue_wait_bounds = _validated_bounds(queue_wait_buckets)
+        self.runtime_bounds = bucket_bounds(runtime_buckets)
+        self.queue_wait_bounds = bucket_bounds(queue_wait_buckets)
         limits = limits or LabelLimits()
-        self._names = _CappedValues(limits.task_names)
-        self._queues = _CappedValues(limits.queues)
-        self._hostnames = _CappedValues(limits.hostnames)
-        self._exceptions = _CappedValues(limits.exceptions)
+        self._names = CappedValues(limits.task_names)
+        self._queues = CappedValues(limits.queues)
+        self._hostnames = CappedValues(limits.hostnames)
+        self._exceptions = CappedValues(limits.exceptions)
         self._series: dict[SeriesKey, TaskSeries] = {}
         self._lock = threading.Lock()
 
@@ -255,15 +263,6 @@ def _queue_wait_of(snap: SeriesSnapshot) -> Histogram:
 def _observe(histogram: Histogram, bounds: tuple[float, ...], value: float) -> None:
     histogram.buckets[bisect_left(bounds, value)] += 1
     histogram.sum += value
-
-
-def _validated_bounds(buckets: Sequence[float]) -> tuple[float, ...]:
-    bounds = tuple(float(b) for b in buckets if b != float("inf"))
-    if not bounds:
-        raise ValueError("a histogram needs at least one finite bucket bound")
-    if list(bounds) != sorted(set(bounds)):
-        raise ValueError(f"bucket bounds must increase strictly: {list(bounds)}")
-    return bounds
 
 
 class LabelOverflowCollector:

@@ -1,8 +1,14 @@
 """Fixtures for real brokers: the local Redis (own database and key prefix) and RabbitMQ
-(own virtual host), each cleaned up after the run."""
+(own virtual host), each cleaned up after the run.
+
+Only slow tests use RabbitMQ, so that ``-m "not slow"`` needs Redis alone: collection stops
+at a test that asks for an AMQP fixture without the mark, and the AMQP runs of tests that
+take either broker carry it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,25 +33,43 @@ from tests.support import (
 sys.path.insert(0, str(APPS))
 
 
-@pytest.fixture(scope="session")
-def redis_broker() -> Iterator[Broker]:
+#: The fixtures that need RabbitMQ.
+AMQP_FIXTURES = frozenset({"amqp_broker", "own_amqp_broker"})
+#: The brokers a test using ``broker`` or ``own_broker`` runs against.
+BROKER_KINDS = ["redis", pytest.param("amqp", marks=pytest.mark.slow)]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if AMQP_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"tests that need RabbitMQ must be marked slow: {unmarked}")
+
+
+@contextlib.contextmanager
+def _redis_database() -> Iterator[Broker]:
+    """The tests' Redis database under a key prefix of its own, whose keys go afterwards."""
     prefix = unique("cptest") + ":"
-    yield Broker(
-        f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
-        {"global_keyprefix": prefix},
-    )
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
+    try:
+        yield Broker(f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}", {"global_keyprefix": prefix})
+    finally:
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
 
 
 def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
 
 
-@pytest.fixture(scope="session")
-def amqp_broker() -> Iterator[Broker]:
+@contextlib.contextmanager
+def _rabbitmq_vhost() -> Iterator[Broker]:
+    """A RabbitMQ virtual host of its own, deleted afterwards."""
     vhost = unique("cptest")
     _rabbitmqctl("add_vhost", vhost)
     try:
@@ -55,7 +79,19 @@ def amqp_broker() -> Iterator[Broker]:
         _rabbitmqctl("delete_vhost", vhost)
 
 
-@pytest.fixture(params=["redis", "amqp"])
+@pytest.fixture(scope="session")
+def redis_broker() -> Iterator[Broker]:
+    with _redis_database() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def amqp_broker() -> Iterator[Broker]:
+    with _rabbitmq_vhost() as broker:
+        yield broker
+
+
+@pytest.fixture(params=BROKER_KINDS)
 def broker(request: pytest.FixtureRequest) -> Broker:
     """Each test using it runs once per broker."""
     return request.getfixturevalue(f"{request.param}_broker")  # type: ignore[no-any-return]
@@ -76,27 +112,18 @@ def client_app_for(tmp_path: Path) -> Any:
 @pytest.fixture
 def own_redis_broker() -> Iterator[Broker]:
     """Like ``redis_broker``, with a key prefix (so an event channel) of this test's own."""
-    prefix = unique("cptest") + ":"
-    yield Broker(f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}", {"global_keyprefix": prefix})
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
+    with _redis_database() as broker:
+        yield broker
 
 
 @pytest.fixture
 def own_amqp_broker() -> Iterator[Broker]:
     """Like ``amqp_broker``, with a virtual host (so an event exchange) of this test's own."""
-    vhost = unique("cptest")
-    _rabbitmqctl("add_vhost", vhost)
-    try:
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield Broker(f"amqp://guest:guest@{AMQP_HOST}/{vhost}")
-    finally:
-        _rabbitmqctl("delete_vhost", vhost)
+    with _rabbitmq_vhost() as broker:
+        yield broker
 
 
-@pytest.fixture(params=["redis", "amqp"])
+@pytest.fixture(params=BROKER_KINDS)
 def own_broker(request: pytest.FixtureRequest) -> Broker:
     """Each test using it runs once per broker, with events no other test can see."""
     return request.getfixturevalue(f"own_{request.param}_broker")  # type: ignore[no-any-return]

@@ -1,4 +1,4 @@
-"""Helpers for exporter tests: the exporter as a subprocess, raw events, private brokers."""
+"""Helpers for exporter tests: the exporter as a subprocess, raw events, workers sending events."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import urllib.error
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +21,28 @@ from tests.support import (
     REPO,
     Broker,
     Scrape,
+    ServingProcess,
     WorkerProcess,
-    app_env,
+    exporter_command,
     free_port,
     http_get,
-    stop_process,
+    start_worker,
     try_scrape,
     unique,
     wait_for,
 )
 
 
-@dataclass
-class ExporterProcess:
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
+class ExporterProcess(ServingProcess):
+    """A ``celery-prom exporter`` (or ``celery prom``) subprocess."""
+
+    @property
+    def title(self) -> str:
+        return "the exporter"
 
     def scrape(self) -> Scrape | None:
         self.assert_alive()
         return try_scrape(self.port)
-
-    def wait_for_scrape(
-        self, probe: Callable[[Scrape], bool], timeout: float = 30.0, what: str = "metrics"
-    ) -> Scrape:
-        def check() -> Scrape | None:
-            current = self.scrape()
-            return current if current is not None and probe(current) else None
-
-        return wait_for(check, timeout=timeout, what=f"{what} on the exporter")
 
     def wait_until_counting(self, worker: WorkerProcess) -> None:
         """Until it has heard the worker's heartbeat, so it receives the worker's task events,
@@ -70,18 +61,6 @@ class ExporterProcess:
             return 200, json.loads(http_get(f"http://127.0.0.1:{self.port}/health"))
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read().decode())
-
-    def assert_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise AssertionError(
-                f"exporter exited with {self.process.returncode}:\n{self.output()}"
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        return stop_process(self.process, 20)
 
 
 def exporter_env(broker: Broker | None = None, **extra: str) -> dict[str, str]:
@@ -114,20 +93,7 @@ def running_exporter(
 ) -> Iterator[ExporterProcess]:
     port = free_port()
     log = tmp_path / f"exporter-{port}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "celery_prom.cli",
-        "exporter",
-        "--broker-url",
-        broker_url,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *transport_args(transport_options or {}),
-        *args,
-    ]
+    command = exporter_command(broker_url, port, *transport_args(transport_options or {}), *args)
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, cwd=REPO, env=env or exporter_env(), stdout=out, stderr=subprocess.STDOUT
@@ -225,11 +191,11 @@ class RawEvents:
         self._redis.publish(self._topic, payload)
 
 
-# -- a private Redis -------------------------------------------------------------------------
-
-
 def hostname() -> str:
     return unique("fake") + "@test"
+
+
+# -- workers that send task events -----------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -240,44 +206,15 @@ def plain_worker(
 
     Prefork runs an event loop, so its task events travel in ``task.multi`` batches.
     """
-    queue = unique("q")
-    name = unique("w")
-    log = tmp_path / f"{name}.log"
-    extra = ["--prom-port", str(free_port()), "--prom-host", "127.0.0.1"] if install else []
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "cptest_tasks",
-        "worker",
-        "-P",
-        "prefork",
-        "-c",
-        "2",
-        "-Q",
-        queue,
-        "-n",
-        f"{name}@%h",
-        "--loglevel=INFO",
-        "--without-mingle",
-        "-E",
-        *extra,
-        *args,
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=app_env(broker, queue, CPTEST_INSTRUMENTATION="install" if install else "none"),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    worker = WorkerProcess(name, queue, 0, process, log)
+    worker = start_worker(
+        broker,
+        tmp_path,
+        extra_args=("-E", *args),
+        env={"CPTEST_INSTRUMENTATION": "install" if install else "none"},
+        wait=install,  # the endpoint, then ready; without the bootstep there is no endpoint
+    )
     try:
-        wait_for(
-            lambda: "ready." in worker.output() or worker.assert_alive(), what=f"{name} to be ready"
-        )
+        wait_for(worker.is_ready, what=f"{worker.name} to be ready")
         yield worker
     finally:
         worker.stop()

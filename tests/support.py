@@ -1,11 +1,17 @@
-"""Helpers shared by the tests: real brokers, worker subprocesses, scraping, polling."""
+"""Helpers shared by the tests and the benchmarks: real brokers, worker and exporter
+subprocesses, scraping, polling.
+
+The benchmarks import this module as ``tests.support`` (with the repository on their
+``sys.path``), so it imports nothing but the package's own dependencies: no pytest.
+"""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import os
-import signal
+import re
 import socket
 import subprocess
 import sys
@@ -28,9 +34,21 @@ REDIS_PORT = 6379
 #: The tests' own Redis database; every run also gets a key prefix of its own.
 REDIS_DB = 11
 AMQP_HOST = "127.0.0.1:5672"
+#: Every ``multiprocess_mode`` of prometheus_client's Gauge.
+GAUGE_MODES = (
+    "all",
+    "liveall",
+    "sum",
+    "livesum",
+    "max",
+    "livemax",
+    "min",
+    "livemin",
+    "mostrecent",
+    "livemostrecent",
+)
 
 T = TypeVar("T")
-ProcessT = TypeVar("ProcessT", bound="WorkerProcess")
 
 
 def wait_for(
@@ -98,6 +116,15 @@ class Scrape:
     def series(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
         return {labels: value for (sample, labels), value in self.samples.items() if sample == name}
 
+    def by_label(self, name: str, label: str, /, **labels: str) -> dict[str, float]:
+        """The series of ``name`` whose labels include ``labels``, keyed by ``label``."""
+        wanted = set(labels.items())
+        return {
+            dict(series)[label]: value
+            for series, value in self.series(name).items()
+            if wanted <= series
+        }
+
 
 def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0) -> str:
     request = urllib.request.Request(url, headers=headers or {})
@@ -116,22 +143,45 @@ def try_scrape(port: int) -> Scrape | None:
         return None
 
 
-@dataclass
-class WorkerProcess:
-    """A ``celery worker`` subprocess running the test app with the bootstep."""
+def metric_sum(port: int, name: str) -> float | None:
+    """Sum of every sample called ``name`` on a /metrics page, None if unreachable.
 
-    name: str
-    queue: str
+    A regular expression rather than ``Scrape``'s full parse: for pages of up to 100 MB,
+    polled while the process serving them is being measured.
+    """
+    try:
+        text = http_get(f"http://127.0.0.1:{port}/metrics", timeout=60)
+    except OSError:
+        return None
+    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}\n]*}})? (\S+)$", re.MULTILINE)
+    return sum(float(match.group(1)) for match in pattern.finditer(text))
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout``; its exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return process.returncode
+
+
+@dataclass
+class ServingProcess(abc.ABC):
+    """A subprocess answering HTTP on ``port`` (workers and exporters: /metrics), its output
+    going to ``log``."""
+
     port: int
     process: subprocess.Popen[bytes]
     log: Path
 
     @property
-    def hostname(self) -> str:
-        return f"{self.name}@{socket.gethostname()}"
-
-    def scrape(self) -> Scrape:
-        return scrape(self.port)
+    @abc.abstractmethod
+    def title(self) -> str:
+        """What it is, for messages."""
 
     def wait_for_scrape(
         self, probe: Callable[[Scrape], bool], timeout: float = 30.0, what: str = "metrics"
@@ -141,12 +191,12 @@ class WorkerProcess:
             current = try_scrape(self.port)
             return current if current is not None and probe(current) else None
 
-        return wait_for(check, timeout=timeout, what=f"{what} on {self.name}")
+        return wait_for(check, timeout=timeout, what=f"{what} on {self.title}")
 
     def assert_alive(self) -> None:
         if self.process.poll() is not None:
             raise AssertionError(
-                f"{self.name} exited with {self.process.returncode}:\n{self.output()}"
+                f"{self.title} exited with {self.process.returncode}:\n{self.output()}"
             )
 
     def output(self) -> str:
@@ -156,16 +206,27 @@ class WorkerProcess:
         return stop_process(self.process, timeout)
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float) -> int:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; its exit status."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    return process.returncode
+@dataclass
+class WorkerProcess(ServingProcess):
+    """A ``celery worker`` subprocess running the test app with the bootstep."""
+
+    name: str
+    queue: str
+
+    @property
+    def title(self) -> str:
+        return f"worker {self.name}"
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@{socket.gethostname()}"
+
+    def scrape(self) -> Scrape:
+        return scrape(self.port)
+
+    def is_ready(self) -> bool:
+        self.assert_alive()
+        return "ready." in self.output()
 
 
 def app_env(broker: Broker, queue: str, **extra: str) -> dict[str, str]:
@@ -178,6 +239,55 @@ def app_env(broker: Broker, queue: str, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def worker_command(
+    queue: str,
+    *,
+    name: str,
+    pool: str = "prefork",
+    concurrency: int = 2,
+    app_module: str = "cptest_tasks",
+    loglevel: str = "INFO",
+    extra_args: tuple[str, ...] = (),
+) -> list[str]:
+    """``celery -A app_module worker`` consuming ``queue`` only, without mingle."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app_module,
+        "worker",
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "-Q",
+        queue,
+        "-n",
+        f"{name}@%h",
+        f"--loglevel={loglevel}",
+        "--without-mingle",
+        *extra_args,
+    ]
+
+
+def exporter_command(broker_url: str, port: int, *args: str) -> list[str]:
+    """``celery-prom exporter`` of ``broker_url``, serving on 127.0.0.1:``port``."""
+    return [
+        sys.executable,
+        "-m",
+        "celery_prom.cli",
+        "exporter",
+        "--broker-url",
+        broker_url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+    ]
 
 
 def start_worker(
@@ -197,71 +307,44 @@ def start_worker(
     """Start ``celery -A app_module worker`` in ``cwd`` (which is on its import path)."""
     queue = queue or unique("q")
     name = unique("w")
-    command = [
-        app_module,
-        "worker",
-        "-P",
-        pool,
-        "-c",
-        str(concurrency),
-        "-Q",
+    port = free_port() if port is None else port
+    args = worker_command(
         queue,
-        "-n",
-        f"{name}@%h",
-        "--loglevel=INFO",
-        "--without-mingle",
-        *extra_args,
-    ]
-    worker = _launch(
-        WorkerProcess,
-        command,
-        broker,
-        tmp_path,
         name=name,
-        queue=queue,
-        port=port,
-        env=env,
-        cwd=cwd,
+        pool=pool,
+        concurrency=concurrency,
+        app_module=app_module,
+        extra_args=extra_args,
     )
+    log = tmp_path / f"{name}.log"
+    process = _spawn(
+        args, app_env(broker, queue, **{**endpoint_env(port), **(env or {})}), log, cwd
+    )
+    worker = WorkerProcess(port, process, log, name=name, queue=queue)
     if wait:
-        _wait_until_ready(worker, lambda: "ready." in worker.output())
+        _wait_until_ready(worker, worker.is_ready)
     return worker
 
 
-def _launch(
-    kind: type[ProcessT],
-    command: list[str],
-    broker: Broker,
-    tmp_path: Path,
-    *,
-    name: str,
-    queue: str,
-    port: int | None = None,
-    env: dict[str, str] | None = None,
-    cwd: Path = REPO,
-) -> ProcessT:
-    """Start ``celery -A <command>``, its output in ``tmp_path/<name>.log``."""
-    port = free_port() if port is None else port
-    log = tmp_path / f"{name}.log"
-    # Through the environment, which works however the app added celery-prom.
-    endpoint = {"CELERY_PROM_PORT": str(port), "CELERY_PROM_HOST": "127.0.0.1", **(env or {})}
+def endpoint_env(port: int) -> dict[str, str]:
+    """celery-prom's endpoint on 127.0.0.1:``port``, through the environment, which works
+    however the app added celery-prom."""
+    return {"CELERY_PROM_PORT": str(port), "CELERY_PROM_HOST": "127.0.0.1"}
+
+
+def _spawn(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", *command],
-            cwd=cwd,
-            env=app_env(broker, queue, **endpoint),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return kind(name, queue, port, process, log)
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _wait_until_ready(process: WorkerProcess, ready: Callable[[], bool]) -> None:
-    """Until the endpoint answers and ``ready()``; else the process is stopped (the caller
-    never gets it, so nobody else could stop it)."""
+def _wait_until_ready(process: ServingProcess, ready: Callable[[], bool]) -> None:
+    """Until its endpoint answers and ``ready()``; else it is stopped (the caller never
+    gets it, so nobody else could stop it)."""
     try:
         process.wait_for_scrape(lambda s: True, what="the endpoint to answer")
-        wait_for(lambda: ready() or process.assert_alive(), what=f"{process.name} to be ready")
+        wait_for(ready, what=f"{process.title} to be ready")
     except BaseException:
         process.stop()
         raise
@@ -276,8 +359,35 @@ def running_worker(*args: Any, **kwargs: Any) -> Iterator[WorkerProcess]:
         worker.stop()
 
 
-class BeatProcess(WorkerProcess):
-    """A ``celery beat`` subprocess of the beat test app, handled like a worker's."""
+@dataclass
+class BeatProcess(ServingProcess):
+    """A ``celery beat`` subprocess of the beat test app (``tests/apps/cptest_beat.py``)."""
+
+    name: str
+    queue: str
+
+    @property
+    def title(self) -> str:
+        return f"beat {self.name}"
+
+    def scrape(self) -> Scrape:
+        return scrape(self.port)
+
+
+def beat_command(schedule_file: Path, *extra_args: str, loglevel: str = "INFO") -> list[str]:
+    """``celery -A cptest_beat beat`` keeping its state in ``schedule_file``."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "cptest_beat",
+        "beat",
+        "-s",
+        str(schedule_file),
+        f"--loglevel={loglevel}",
+        *extra_args,
+    ]
 
 
 def start_beat(
@@ -291,17 +401,38 @@ def start_beat(
     schedule_file: Path | None = None,
     wait: bool = True,
 ) -> BeatProcess:
-    """Start ``celery -A cptest_beat beat`` sending ``schedule``'s entries to ``queue``,
-    keeping its state in ``schedule_file`` (a new file unless given)."""
+    """Start beat sending ``schedule``'s entries to ``queue``, keeping its state in
+    ``schedule_file`` (a new file unless given)."""
     queue = queue or unique("q")
     name = unique("beat")
-    schedule_file = schedule_file or tmp_path / f"{name}-schedule"
-    command = ["cptest_beat", "beat", "-s", str(schedule_file), "--loglevel=INFO", *extra_args]
-    beat_env = {"CPTEST_BEAT_SCHEDULE": json.dumps(schedule), **(env or {})}
-    beat = _launch(BeatProcess, command, broker, tmp_path, name=name, queue=queue, env=beat_env)
+    port = free_port()
+    args = beat_command(schedule_file or tmp_path / f"{name}-schedule", *extra_args)
+    beat_env = {**endpoint_env(port), "CPTEST_BEAT_SCHEDULE": json.dumps(schedule), **(env or {})}
+    log = tmp_path / f"{name}.log"
+    beat = BeatProcess(
+        port, _spawn(args, app_env(broker, queue, **beat_env), log), log, name, queue
+    )
     if wait:
         _wait_until_ready(beat, lambda: True)
     return beat
+
+
+@contextlib.contextmanager
+def running_beat(*args: Any, **kwargs: Any) -> Iterator[BeatProcess]:
+    beat = start_beat(*args, **kwargs)
+    try:
+        yield beat
+    finally:
+        beat.stop()
+
+
+def redis_queue_length(broker: Broker, queue: str) -> int:
+    """Messages waiting in ``queue`` on a Redis broker (its key under the broker's prefix)."""
+    client = redis.Redis.from_url(broker.url)
+    try:
+        return int(client.llen(broker.transport_options.get("global_keyprefix", "") + queue))
+    finally:
+        client.close()
 
 
 def wait_for_sends_to_match_the_broker(
@@ -319,26 +450,18 @@ def wait_for_sends_to_match_the_broker(
         sent = scrape.total("celery_beat_tasks_sent_total") - already
         return scrape if before == after == sent else None
 
-    return wait_for(agreeing, what=f"{beat.name}'s sends to match the broker's messages")
-
-
-@contextlib.contextmanager
-def running_beat(*args: Any, **kwargs: Any) -> Iterator[BeatProcess]:
-    beat = start_beat(*args, **kwargs)
-    try:
-        yield beat
-    finally:
-        beat.stop()
+    return wait_for(agreeing, what=f"{beat.title}'s sends to match the broker's messages")
 
 
 def run_refused(
-    broker: Broker, command: list[str], env: dict[str, str] | None = None
+    broker: Broker, command: list[str], queue: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``celery -A <app> <command>`` of a test app that is expected to refuse to start."""
+    """A command of a test app consuming or sending to ``queue``, expected to refuse to
+    start."""
     return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", *command],
+        command,
         cwd=REPO,
-        env=app_env(broker, unique("q"), **(env or {})),
+        env=app_env(broker, queue, **(env or {})),
         capture_output=True,
         text=True,
         timeout=60,
@@ -357,21 +480,13 @@ def load_test_app(broker: Broker, queue: str) -> Any:
     return app
 
 
-def redis_queue_length(broker: Broker, queue: str) -> int:
-    """Messages waiting in ``queue`` on a Redis broker (its key under the broker's prefix)."""
-    client = redis.Redis.from_url(broker.url)
-    try:
-        return int(client.llen(broker.transport_options.get("global_keyprefix", "") + queue))
-    finally:
-        client.close()
-
-
 class RedisServer:
-    """A private ``redis-server`` on a free port, for tests that stop, freeze or restart it."""
+    """A private ``redis-server`` on a free port with stock settings, for tests and
+    benchmarks that stop, freeze or restart it (on the same port)."""
 
-    def __init__(self, tmp_path: Path, *extra_args: str) -> None:
+    def __init__(self, directory: Path, *extra_args: str) -> None:
         self.port = free_port()
-        self.dir = tmp_path / f"redis-{self.port}"
+        self.dir = directory / f"redis-{self.port}"
         self.dir.mkdir()
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
@@ -424,8 +539,8 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def private_redis(tmp_path: Path, *args: str, start: bool = True) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, *args)
+def private_redis(directory: Path, *args: str, start: bool = True) -> Iterator[RedisServer]:
+    server = RedisServer(directory, *args)
     if start:
         server.start()
     try:

@@ -121,7 +121,7 @@ def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.Monke
             {"CELERY_PROM_RUNTIME_BUCKETS": "1,0.5"},
             {},
             "Invalid value for 'CELERY_PROM_RUNTIME_BUCKETS': bucket bounds must increase "
-            "strictly: '1,0.5'.",
+            "strictly: 1, 0.5.",
         ),
         (
             {},

@@ -1,8 +1,9 @@
 """Faults inside celery-prom: contained, counted, shown, and never the end of a worker.
 
-The unit tests cover ``Faults`` and ``ContainedCollector``; the worker tests make each of
-celery-prom's parts fail inside a real worker (``tests/apps/cptest_faults.py``) and check
-that it still runs a known batch of tasks to completion.
+The unit tests cover ``Faults``, ``ContainedCollector`` and ``describe_error``; the worker
+tests make each of celery-prom's parts fail inside a real worker
+(``tests/apps/cptest_faults.py``) and check that it still runs a known batch of tasks to
+completion.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from celery_prom import faults
-from celery_prom.faults import ContainedCollector, Faults
+from celery_prom.faults import ContainedCollector, Faults, describe_error
 from tests.support import (
     Broker,
     WorkerProcess,
@@ -33,6 +34,12 @@ NOOPS = 10
 FAILURES = 3
 #: Each task of the batch makes three task events: received, started, then its outcome.
 EVENTS_PER_TASK = 3
+
+
+def test_errors_are_described_on_one_masked_line() -> None:
+    error = OSError("Error 111 connecting to redis://:pw@h:1/0.\nMore detail")
+    assert describe_error(error) == "OSError: Error 111 connecting to redis://:**@h:1/0."
+    assert describe_error(TimeoutError()) == "TimeoutError"
 
 
 def test_an_error_is_counted_by_component_and_logged_once(
@@ -131,7 +138,7 @@ def test_the_worker_runs_every_task_whatever_part_of_celery_prom_fails(
     with running_worker(
         redis_broker, tmp_path, pool=pool, app_module="cptest_faults", env=env, wait=False
     ) as worker:
-        wait_for(lambda: "ready." in worker.output() or worker.assert_alive(), what="ready")
+        wait_for(worker.is_ready, what="ready")
         ids = _send_batch(redis_broker, worker.queue)
         wait_for(
             lambda: _finished(worker, ids) == len(ids) or worker.assert_alive(),

@@ -27,11 +27,13 @@ class FakeOwner:
         self.healthy = True
         self.body = "# HELP demo_total Demo.\n# TYPE demo_total counter\ndemo_total 3.0\n"
         self.fail = False
+        self.accepted: list[str] = []
 
-    def render(self, openmetrics: bool) -> str:
+    def render(self, accept: str) -> tuple[bytes, str]:
         if self.fail:
             raise RuntimeError("cannot render")
-        return self.body + ("# EOF\n" if openmetrics else "")
+        self.accepted.append(accept)
+        return self.body.encode(), "text/plain; version=0.0.4; charset=utf-8"
 
     def health(self) -> HealthReport:
         return HealthReport(self.healthy, {"broker": "up" if self.healthy else "down"})
@@ -60,30 +62,35 @@ def request(
     return connection.getresponse()
 
 
-def test_metrics_in_the_text_format(server: MetricsServer) -> None:
-    response = request(server, "/metrics")
-
-    assert response.status == 200
-    assert response.getheader("Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
-    assert response.read().decode().endswith("demo_total 3.0\n")
-
-
-def test_metrics_in_openmetrics_when_asked(server: MetricsServer) -> None:
-    response = request(
+def test_metrics_are_the_owners_answer_to_the_accept_header(
+    server: MetricsServer, owner: FakeOwner
+) -> None:
+    plain = request(server, "/metrics")
+    asking = request(
         server, "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
     )
 
-    assert response.getheader("Content-Type", "").startswith("application/openmetrics-text")
-    assert response.read().decode().endswith("# EOF\n")
+    assert owner.accepted == ["", "application/openmetrics-text; version=1.0.0"]
+    for response in (plain, asking):
+        assert response.status == 200
+        assert response.getheader("Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
+        assert response.read().decode() == owner.body
 
 
-def test_large_bodies_are_gzipped_when_accepted(server: MetricsServer, owner: FakeOwner) -> None:
+@pytest.mark.parametrize(
+    ("accept", "gzipped"),
+    [("gzip", True), ("deflate, GZIP;q=0.5", True), ("deflate", False), ("", False)],
+)
+def test_large_bodies_are_gzipped_when_accepted(
+    server: MetricsServer, owner: FakeOwner, accept: str, gzipped: bool
+) -> None:
     owner.body = "".join(f'demo_total{{n="{i}"}} {i}.0\n' for i in range(200))
 
-    response = request(server, "/metrics", headers={"Accept-Encoding": "gzip"})
+    response = request(server, "/metrics", headers={"Accept-Encoding": accept})
 
-    assert response.getheader("Content-Encoding") == "gzip"
-    assert gzip.decompress(response.read()).decode() == owner.body
+    body = response.read()
+    assert response.getheader("Content-Encoding") == ("gzip" if gzipped else None)
+    assert (gzip.decompress(body) if gzipped else body).decode() == owner.body
 
 
 def test_a_failing_render_answers_500_and_health_says_why(

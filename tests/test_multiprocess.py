@@ -31,22 +31,10 @@ from celery_prom.multiprocess import (
     SetupError,
     configured_directory,
 )
-from tests.support import wait_for
+from tests.support import GAUGE_MODES, wait_for
 
 #: Linux pids stay below 2**22; these name processes that cannot be alive.
 IMPOSSIBLE_PID = 5_000_000
-GAUGE_MODES = (
-    "all",
-    "liveall",
-    "sum",
-    "livesum",
-    "max",
-    "livemax",
-    "min",
-    "livemin",
-    "mostrecent",
-    "livemostrecent",
-)
 LIVE_MODES = tuple(mode for mode in GAUGE_MODES if mode.startswith("live"))
 
 WRITER = """

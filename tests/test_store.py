@@ -64,7 +64,9 @@ def test_every_change_bumps_the_version() -> None:
     assert store.versions()[0][1] == first[0][1] + 1
 
 
-@pytest.mark.parametrize("bounds", [(), (2.0, 1.0), (1.0, 1.0), (float("inf"),)])
+@pytest.mark.parametrize(
+    "bounds", [(), (2.0, 1.0), (1.0, 1.0), (float("inf"),), (1.0, float("nan"))]
+)
 def test_bucket_bounds_must_increase(bounds: tuple[float, ...]) -> None:
     with pytest.raises(ValueError, match="bucket"):
         TaskStore(runtime_buckets=bounds)

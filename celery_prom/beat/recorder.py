@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from celery_prom import metrics
 from celery_prom.metrics import MAX_LABEL_VALUE_LENGTH, OVERFLOW_LABEL_VALUE
-from celery_prom.store import Histogram
+from celery_prom.store import CappedValues, Histogram
 
 #: Distinct entries counted; sends of entries past the cap count under the overflow value.
 #: A database schedule may create and delete entries for as long as beat runs.
@@ -27,7 +27,7 @@ class BeatRecorder:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._bounds = bounds
-        self._max_entries = max_entries
+        self._entries = CappedValues(max_entries)
         self._clock = clock
         self._tick: float | None = None
         self._sent: dict[tuple[str, str], int] = {}
@@ -72,11 +72,6 @@ class BeatRecorder:
             )
 
     def _key(self, entry: str, name: str) -> tuple[str, str]:
-        if (entry, name) in self._sent or (entry, name) in self._errors:
-            return entry, name
-        known = {known_entry for known_entry, _ in (*self._sent, *self._errors)}
-        if len(entry) > MAX_LABEL_VALUE_LENGTH or (
-            entry not in known and len(known) >= self._max_entries
-        ):
+        if len(entry) > MAX_LABEL_VALUE_LENGTH:
             return OVERFLOW_LABEL_VALUE, name
-        return entry, name
+        return self._entries.admit(entry), name

@@ -16,14 +16,13 @@ from typing import Any, NoReturn
 
 import click
 from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 from celery_prom import faults
 from celery_prom.beat import embedded
 from celery_prom.beat.collector import BeatCollector
 from celery_prom.beat.hook import BeatFeed, watch
-from celery_prom.cli.errors import OptionError
-from celery_prom.config import ConfigError, WorkerSettings, worker_endpoint_settings
-from celery_prom.exposition import render_registry
+from celery_prom.config import ConfigError, OptionError, WorkerSettings, worker_endpoint_settings
 from celery_prom.faults import ContainedCollector, Faults
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
 from celery_prom.webconfig import WebConfigFile
@@ -55,13 +54,14 @@ class BeatEndpoint:
         self._registry.register(ContainedCollector(REGISTRY, faults))
         self._registry.register(faults)
 
-    def render(self, openmetrics: bool) -> str:
-        return render_registry(self._registry, openmetrics)
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """The page in the format prometheus_client picks for the scraper's ``Accept``."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self._registry), content_type
 
     def health(self) -> HealthReport:
-        self.render(openmetrics=False)
         errors = self._faults.reasons()
-        checks: dict[str, Any] = {"metrics": "ok"}
+        checks: dict[str, Any] = {}
         if self._feed is None:
             checks["scheduler"] = f"not watched: {errors.get(faults.STARTUP)}"
         else:

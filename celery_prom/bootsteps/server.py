@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import click
@@ -17,15 +17,15 @@ from prometheus_client import (
     CollectorRegistry,
 )
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from celery_prom import faults
 from celery_prom.bootsteps.pool_processes import PoolProcesses
 from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
 from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
-from celery_prom.cli.errors import OptionError
-from celery_prom.config import ConfigError, WorkerSettings
+from celery_prom.config import ConfigError, OptionError, WorkerSettings
+from celery_prom.endpoint import MetricsEndpoint
 from celery_prom.endpoint_extras import EndpointExtras, offer
-from celery_prom.exposition import TaskExposition, render_registry
 from celery_prom.faults import ContainedCollector, Faults
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
 from celery_prom.multiprocess import (
@@ -34,8 +34,7 @@ from celery_prom.multiprocess import (
     configured_directory,
     prometheus_client_is_multiprocess,
 )
-from celery_prom.recorder import Recorder
-from celery_prom.store import LabelOverflowCollector, TaskStore
+from celery_prom.store import LabelOverflowCollector
 from celery_prom.webconfig import WebConfigFile
 
 logger = logging.getLogger(__name__)
@@ -44,11 +43,9 @@ logger = logging.getLogger(__name__)
 CLI_OPTIONS = ("prom_port", "prom_host", "prom_web_config")
 
 
-class UserMetrics(Protocol):
+class UserMetrics(Collector, Protocol):
     """The endpoint's metrics that are not celery-prom's own task and worker families:
     process metrics, producer counts and whatever the user defined with prometheus_client."""
-
-    def collect(self) -> Iterable[Metric]: ...
 
     def start(self) -> None: ...
 
@@ -100,47 +97,40 @@ class WorkerMetrics:
         faults: Faults,
     ) -> None:
         self.faults = faults
-        self.store = TaskStore(
-            settings.runtime_buckets, settings.queue_wait_buckets, settings.limits
-        )
-        self.recorder = Recorder(self.store)
+        self.endpoint = MetricsEndpoint(settings)
+        self.recorder = self.endpoint.recorder
         self.invalid_messages = MessageTally()
         self.pool_processes = PoolProcesses(worker, hostname, faults)
         #: What parts beside the worker's steps serve here (an embedded beat's metrics).
         self.extras = EndpointExtras(faults)
-        self.exposition = TaskExposition(self.store)
-        self.registry = CollectorRegistry(auto_describe=False)
         for collector in (
             WorkerStateCollector(worker, hostname, self.invalid_messages),
             self.pool_processes,
             self.recorder,
-            LabelOverflowCollector(self.store),
+            LabelOverflowCollector(self.endpoint.store),
             user_metrics,
             self.extras,
         ):
-            self.registry.register(ContainedCollector(collector, faults))
-        self.registry.register(faults)
+            self.endpoint.registry.register(ContainedCollector(collector, faults))
+        self.endpoint.registry.register(faults)
 
-    def render(self, openmetrics: bool) -> str:
+    def render(self, accept: str) -> tuple[bytes, str]:
         try:
-            tasks = self.exposition.render(openmetrics)
+            return self.endpoint.render(accept)
         except Exception as error:
             self.faults.record(faults.SCRAPE, error)
             raise
-        return tasks + render_registry(self.registry, openmetrics)
 
     def health(self) -> HealthReport:
-        self.render(openmetrics=False)
         errors = self.faults.reasons()
         tap_error = errors.get(faults.TAP_INSTALL)
         checks: dict[str, Any] = {
-            "metrics": "ok",
             "tap": "installed" if tap_error is None else f"not installed: {tap_error}",
         }
         if errors:
             checks["errors"] = errors
         # Without the tap the worker runs unmonitored: its task counts would be false zeros.
-        return HealthReport(tap_error is None, checks)
+        return self.endpoint.health(tap_error is None, checks)
 
 
 def worker_settings(app: Any, cli: Mapping[str, Any]) -> WorkerSettings:

@@ -7,19 +7,12 @@ from typing import NoReturn
 
 import click
 
-from celery_prom.config import mask_secrets
+# OptionError lives in the core, where the worker's step raises it too.
+from celery_prom.config import OptionError, mask_secrets
 
-USAGE_ERROR = 2
+__all__ = ["OneLineErrors", "OptionError", "fail"]
 
-
-class OptionError(click.ClickException):
-    """A bad option value: printed as ``Error: <message>``, exit status 2.
-
-    Unlike ``click.UsageError`` it never prints the usage block, so the error is one line
-    even when raised from inside a running command (such as ``celery worker``).
-    """
-
-    exit_code = USAGE_ERROR
+USAGE_ERROR = OptionError.exit_code
 
 
 class OneLineErrors(click.Command):

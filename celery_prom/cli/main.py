@@ -33,7 +33,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def run_exporter(settings: ExporterSettings, app: Any = None) -> None:
     # Imported on use, not with the entry point: see celery_prom/__init__.py.
-    from celery_prom.exporter import Exporter  # noqa: PLC0415
+    from celery_prom.exporter.service import Exporter  # noqa: PLC0415
 
     configure_logging(settings.log_level)
     try:

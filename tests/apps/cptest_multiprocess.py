@@ -15,23 +15,13 @@ from celery import signals
 from cptest_tasks import app, noop
 from prometheus_client import Counter, Gauge, Histogram
 
+from tests.support import GAUGE_MODES
+
 # The mistake this reproduces: setting the variable in code, once prometheus_client (here
 # through celery_prom) has been imported already.
 if "CPTEST_LATE_MULTIPROC_DIR" in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["CPTEST_LATE_MULTIPROC_DIR"]
 
-GAUGE_MODES = (
-    "all",
-    "liveall",
-    "sum",
-    "livesum",
-    "max",
-    "livemax",
-    "min",
-    "livemin",
-    "mostrecent",
-    "livemostrecent",
-)
 
 ORDERS = Counter("cptest_orders", "Orders placed by tasks.", ["kind"])
 AMOUNTS = Histogram("cptest_order_amount", "Order amounts.", ["kind"], buckets=(1, 10, 100))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from celery_prom.beat.collector import BeatCollector
 from celery_prom.beat.snapshot import BeatSnapshot
-from celery_prom.exposition import render_registry
 from tests.support import Scrape, promtool_check_metrics
 
 BOUNDS = (0.1, 1.0)
@@ -15,7 +14,7 @@ BOUNDS = (0.1, 1.0)
 def scrape(snapshot: BeatSnapshot | None) -> Scrape:
     registry = CollectorRegistry()
     registry.register(BeatCollector(lambda: snapshot, BOUNDS))
-    return Scrape(render_registry(registry, openmetrics=False))
+    return Scrape(generate_latest(registry).decode("utf-8"))
 
 
 def test_a_ticking_beat_shows_its_sends_lateness_and_schedule(ticking: BeatSnapshot) -> None:

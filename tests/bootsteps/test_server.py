@@ -26,7 +26,9 @@ from tests.support import (
     promtool_check_metrics,
     run_refused,
     running_worker,
+    unique,
     wait_for,
+    worker_command,
 )
 
 
@@ -36,7 +38,9 @@ def run_worker_command(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """A worker that is expected to refuse to start."""
-    return run_refused(broker, ["cptest_tasks", "worker", "-P", "solo", *args], env)
+    queue = unique("q")
+    command = worker_command(queue, name=unique("w"), pool="solo", concurrency=1, extra_args=args)
+    return run_refused(broker, command, queue, env)
 
 
 def our_lines(output: str) -> list[str]:
@@ -169,7 +173,7 @@ def test_port_zero_on_the_command_line_turns_the_endpoint_off(
     with running_worker(
         redis_broker, tmp_path, pool="solo", port=port, wait=False, extra_args=("--prom-port", "0")
     ) as worker:
-        wait_for(lambda: "ready." in worker.output(), what="the worker to be ready")
+        wait_for(worker.is_ready, what="the worker to be ready")
 
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -329,7 +333,7 @@ def test_a_worker_serves_tls_with_basic_auth(redis_broker: Broker, tmp_path: Pat
         wait=False,
         extra_args=("--prom-web-config", str(web_config)),
     ) as worker:
-        wait_for(lambda: "ready." in worker.output(), what="the worker to be ready")
+        wait_for(worker.is_ready, what="the worker to be ready")
         assert get({}) == 401
         assert get({"Authorization": f"Basic {credentials}"}) == 200
 

@@ -17,6 +17,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from tests.bootsteps.test_server import our_lines
 from tests.support import (
+    GAUGE_MODES,
     Broker,
     Scrape,
     WorkerProcess,
@@ -28,18 +29,6 @@ from tests.support import (
 )
 
 M = "cptest_multiprocess."
-GAUGE_MODES = (
-    "all",
-    "liveall",
-    "sum",
-    "livesum",
-    "max",
-    "livemax",
-    "min",
-    "livemin",
-    "mostrecent",
-    "livemostrecent",
-)
 #: Orders sent by the recycling test: kind -> (tasks, amount of each).
 ORDERS = {"book": (150, 5.0), "pen": (100, 0.5), "desk": (50, 50.0)}
 #: Linux pids stay below 2**22: a file of this pid is left over from an earlier worker.

@@ -33,17 +33,27 @@ def labels(worker: WorkerProcess, task: str) -> dict[str, str]:
     return {"name": f"{T}{task}", "hostname": worker.hostname, "queue_name": worker.queue}
 
 
+OUTCOMES = ("received", "started", "succeeded", "retried", "revoked", "rejected")
+
+
 def counts(scrape: Scrape, worker: WorkerProcess, task: str) -> dict[str, float | None]:
     """Every counter of one task, plus its failures by exception."""
     series = labels(worker, task)
     result: dict[str, float | None] = {
-        outcome: scrape.value(f"celery_task_{outcome}_total", **series)
-        for outcome in ("received", "started", "succeeded", "retried", "revoked", "rejected")
+        outcome: scrape.value(f"celery_task_{outcome}_total", **series) for outcome in OUTCOMES
     }
-    for labelset, value in scrape.series("celery_task_failed_total").items():
-        if set(series.items()) <= labelset:
-            result[f"failed:{dict(labelset)['exception']}"] = value
+    for exception, value in scrape.by_label(
+        "celery_task_failed_total", "exception", **series
+    ).items():
+        result[f"failed:{exception}"] = value
     return result
+
+
+def counted(failed: dict[str, int] | None = None, **outcomes: int) -> dict[str, float | None]:
+    """What ``counts`` shows of a task with these outcomes and failures (by exception class):
+    every counter not named is 0."""
+    failures = {f"failed:{name}": count for name, count in (failed or {}).items()}
+    return {**dict.fromkeys(OUTCOMES, 0), **outcomes, **failures}
 
 
 def finished(worker: WorkerProcess, count: int) -> Scrape:
@@ -61,10 +71,7 @@ def finished(worker: WorkerProcess, count: int) -> Scrape:
 
 
 def dropped(scrape: Scrape) -> dict[str, float]:
-    return {
-        dict(labelset)["reason"]: value
-        for labelset, value in scrape.series("celery_prom_events_dropped_total").items()
-    }
+    return scrape.by_label("celery_prom_events_dropped_total", "reason")
 
 
 class EventCapture:
@@ -174,14 +181,7 @@ def test_revoking_a_task_waiting_for_its_eta(
         app.control.revoke(result.id)
         scrape = finished(worker, 1)
 
-    assert counts(scrape, worker, "noop") == {
-        "received": 1,
-        "started": 0,
-        "succeeded": 0,
-        "retried": 0,
-        "revoked": 1,
-        "rejected": 0,
-    }
+    assert counts(scrape, worker, "noop") == counted(received=1, revoked=1)
 
 
 def test_terminating_a_running_task_counts_it_revoked_not_failed(
@@ -197,14 +197,7 @@ def test_terminating_a_running_task_counts_it_revoked_not_failed(
         app.control.revoke(result.id, terminate=True)
         scrape = finished(worker, 1)
 
-    assert counts(scrape, worker, "sleep") == {
-        "received": 1,
-        "started": 1,
-        "succeeded": 0,
-        "retried": 0,
-        "revoked": 1,
-        "rejected": 0,
-    }
+    assert counts(scrape, worker, "sleep") == counted(received=1, started=1, revoked=1)
 
 
 def test_an_expired_task_counts_as_revoked_under_its_name(
@@ -215,14 +208,7 @@ def test_an_expired_task_counts_as_revoked_under_its_name(
         app.send_task(f"{T}noop", expires=datetime.now(timezone.utc) - timedelta(minutes=1))
         scrape = finished(worker, 1)
 
-    assert counts(scrape, worker, "noop") == {
-        "received": 0,
-        "started": 0,
-        "succeeded": 0,
-        "retried": 0,
-        "revoked": 1,
-        "rejected": 0,
-    }
+    assert counts(scrape, worker, "noop") == counted(revoked=1)
 
 
 def test_prefork_failures_keep_their_exception_class(
@@ -242,36 +228,19 @@ def test_prefork_failures_keep_their_exception_class(
             lambda s: dropped(s).get("duplicate", 0) >= 1, what="the duplicate failure report"
         )
 
-    one_failure = {"received": 1, "started": 1, "succeeded": 0, "retried": 0, "revoked": 0}
-    assert counts(scrape, worker, "kill_own_process") == {
-        **one_failure,
-        "rejected": 0,
-        "failed:WorkerLostError": 1,
-    }
-    assert counts(scrape, worker, "exceed_soft_limit") == {
-        **one_failure,
-        "rejected": 0,
-        "failed:SoftTimeLimitExceeded": 1,
-    }
+    def one_failure(exception: str, **outcomes: int) -> dict[str, float | None]:
+        return counted(received=1, started=1, failed={exception: 1}, **outcomes)
+
+    assert counts(scrape, worker, "kill_own_process") == one_failure("WorkerLostError")
+    assert counts(scrape, worker, "exceed_soft_limit") == one_failure("SoftTimeLimitExceeded")
     # Celery reports a hard time limit twice; it counts once.
-    assert counts(scrape, worker, "exceed_hard_limit") == {
-        **one_failure,
-        "rejected": 0,
-        "failed:TimeLimitExceeded": 1,
-    }
+    assert counts(scrape, worker, "exceed_hard_limit") == one_failure("TimeLimitExceeded")
     # Reject(requeue=False) of an acks_late task fails it and rejects its message.
-    assert counts(scrape, worker, "reject") == {**one_failure, "rejected": 1, "failed:Reject": 1}
-    # The repr of OddRepr hides its class and prefork only passes the repr on.
-    assert counts(scrape, worker, "fail") == {
-        "received": 2,
-        "started": 2,
-        "succeeded": 0,
-        "retried": 0,
-        "revoked": 0,
-        "rejected": 0,
-        "failed:NotPicklable": 1,
-        "failed:unknown": 1,
-    }
+    assert counts(scrape, worker, "reject") == one_failure("Reject", rejected=1)
+    # The event shows only a repr, which OddRepr's hides its class in; the result has it.
+    assert counts(scrape, worker, "fail") == counted(
+        received=2, started=2, failed={"NotPicklable": 1, "OddRepr": 1}
+    )
     assert dropped(scrape) == {"duplicate": 1}
 
 
@@ -298,15 +267,7 @@ def test_unknown_task_names_count_as_failed_not_received(
         app.send_task(f"{T}noop")
         scrape = finished(worker, 2)
 
-    assert counts(scrape, worker, "no_such_task") == {
-        "received": 0,
-        "started": 0,
-        "succeeded": 0,
-        "retried": 0,
-        "revoked": 0,
-        "rejected": 0,
-        "failed:NotRegistered": 1,
-    }
+    assert counts(scrape, worker, "no_such_task") == counted(failed={"NotRegistered": 1})
     assert counts(scrape, worker, "noop")["succeeded"] == 1
 
 
@@ -371,11 +332,11 @@ def test_malformed_task_messages_are_counted_and_change_nothing_else(
         worker.assert_alive()
 
     assert_counts(scrape, worker, MIX_EXPECTED)
-    invalid = {
-        dict(labelset)["reason"]: value
-        for labelset, value in scrape.series("celery_worker_invalid_messages_total").items()
+    assert scrape.by_label("celery_worker_invalid_messages_total", "reason") == {
+        "undecodable": 1,
+        "unrecognized": 1,
+        "invalid": 2,
     }
-    assert invalid == {"undecodable": 1, "unrecognized": 1, "invalid": 2}
     assert dropped(scrape) == {}
 
 
@@ -412,14 +373,7 @@ def test_counting_stays_exact_across_a_broker_restart(
         worker.stop()
         redis_server.stop()
 
-    assert counts(scrape, worker, "noop") == {
-        "received": 12,
-        "started": 12,
-        "succeeded": 12,
-        "retried": 0,
-        "revoked": 0,
-        "rejected": 0,
-    }
+    assert counts(scrape, worker, "noop") == counted(received=12, started=12, succeeded=12)
     assert counts(scrape, worker, "fail")["failed:KeyError"] == 1
 
 
@@ -464,11 +418,4 @@ def test_counting_stays_exact_when_rabbitmq_drops_the_worker(
             app.send_task(f"{T}noop")
         scrape = finished(worker, 12)
 
-    assert counts(scrape, worker, "noop") == {
-        "received": 12,
-        "started": 12,
-        "succeeded": 12,
-        "retried": 0,
-        "revoked": 0,
-        "rejected": 0,
-    }
+    assert counts(scrape, worker, "noop") == counted(received=12, started=12, succeeded=12)

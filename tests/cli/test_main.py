@@ -20,7 +20,16 @@ from celery.bin.base import CLIContext
 
 from celery_prom.cli.main import exporter, prom
 from tests.exporter_process import ExporterProcess, exporter_env, running_exporter
-from tests.support import REPO, Broker, free_port, load_test_app, private_redis, unique, wait_for
+from tests.support import (
+    REPO,
+    Broker,
+    exporter_command,
+    free_port,
+    load_test_app,
+    private_redis,
+    unique,
+    wait_for,
+)
 
 SECRET = "Sentinel-Pa55word-9f3c"
 
@@ -393,22 +402,7 @@ def test_a_rejected_password_appears_nowhere(tmp_path: Path) -> None:
     with private_redis(tmp_path, "--requirepass", "the-right-one") as server:
         port = free_port()
         url = f"redis://:{SECRET}@127.0.0.1:{server.port}/0"
-        command = [
-            sys.executable,
-            "-m",
-            "celery_prom.cli",
-            "exporter",
-            "--broker-url",
-            url,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "DEBUG",
-            "-Q",
-            "jobs",
-        ]
+        command = exporter_command(url, port, "--log-level", "DEBUG", "-Q", "jobs")
         exporter = start(command, exporter_env(), tmp_path, port)
         try:
             wait_for(

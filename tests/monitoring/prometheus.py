@@ -8,23 +8,21 @@ import math
 import subprocess
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.support import free_port, http_get, wait_for
+from tests.support import ServingProcess, free_port, http_get, wait_for
 
 #: Fast enough for a test to see scrapes and rule evaluations within seconds.
 INTERVAL = "1s"
 
 
-@dataclass
-class PrometheusServer:
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
+class PrometheusServer(ServingProcess):
+    @property
+    def title(self) -> str:
+        return "prometheus"
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query at the current time; the result vector."""
@@ -38,9 +36,6 @@ class PrometheusServer:
 
     def has_finite_sample(self, expr: str) -> bool:
         return any(math.isfinite(float(sample["value"][1])) for sample in self.query(expr))
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 def config(targets: dict[str, list[str]], rule_files: list[Path]) -> dict[str, Any]:
@@ -92,17 +87,11 @@ def prometheus_process(
         wait_for(lambda: _ready(server), what="Prometheus to be ready")
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        server.stop()
 
 
 def _ready(server: PrometheusServer) -> bool:
-    if server.process.poll() is not None:
-        raise AssertionError(f"prometheus exited:\n{server.output()}")
+    server.assert_alive()
     try:
         http_get(f"http://127.0.0.1:{server.port}/-/ready")
     except OSError:

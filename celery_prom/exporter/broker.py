@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, TypeVar
 
 from kombu import Connection
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from celery_prom import metrics
-from celery_prom.config import mask_secrets
+from celery_prom.faults import describe_error
 from celery_prom.metrics import new_family
 
 T = TypeVar("T")
@@ -29,11 +31,10 @@ class BrokerTimeout(Exception):
     """The broker did not answer in time."""
 
 
-def describe_error(exc: BaseException) -> str:
-    """A one-line description of a broker error, with URL passwords masked."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    return mask_secrets(f"{name}: {text}" if text else name)
+def connection_errors(connection: Connection) -> tuple[type[BaseException], ...]:
+    """What a broker connection raises when the broker fails: the socket's errors and the
+    transport's own."""
+    return (OSError, *connection.connection_errors, *connection.channel_errors)
 
 
 def close_connection(connection: Connection) -> None:
@@ -44,10 +45,9 @@ def close_connection(connection: Connection) -> None:
     exporter reconnecting to a flapping broker would pile them up.
     """
     transport = connection.transport
-    errors = (OSError, *connection.connection_errors, *connection.channel_errors)
     try:
         connection.release()
-    except errors as exc:
+    except connection_errors(connection) as exc:
         logger.debug("celery-prom: closing a broken broker connection: %s", describe_error(exc))
     poller: Any = getattr(getattr(transport, "cycle", None), "poller", None)
     if poller is not None:
@@ -124,46 +124,38 @@ class BrokerStatus:
         yield counter
 
 
-class _Job(Generic[T]):
-    def __init__(self, work: Callable[[], T]) -> None:
-        self.work = work
-        self.done = threading.Event()
-        self.value: T | None = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.value = self.work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
-            self.error = exc
-        finally:
-            self.done.set()
-
-    def outcome(self) -> T:
-        if self.error is not None:
-            raise self.error
-        return self.value  # type: ignore[return-value]
-
-
 class BoundedCall(Generic[T]):
     """Runs one broker query at a time on a helper thread, waiting ``timeout`` for it.
 
     A query that does not return in time keeps its thread (a socket timeout ends it
     later), and callers meanwhile wait on that same query instead of piling up threads.
+    The thread is a daemon of its own rather than a ``ThreadPoolExecutor``'s: those are
+    joined when the interpreter exits, so a query stuck on a frozen broker would hold up
+    the exporter's exit.
     """
 
     def __init__(self, timeout: float, name: str) -> None:
         self.timeout = timeout
         self._name = name
-        self._job: _Job[T] | None = None
+        self._query: Future[T] | None = None
         self._lock = threading.Lock()
 
     def __call__(self, work: Callable[[], T]) -> T:
         with self._lock:
-            job = self._job
-            if job is None or job.done.is_set():
-                job = self._job = _Job(work)
-                threading.Thread(target=job.run, name=self._name, daemon=True).start()
-        if not job.done.wait(self.timeout):
-            raise BrokerTimeout(f"the broker did not answer within {self.timeout:g}s")
-        return job.outcome()
+            query = self._query
+            if query is None or query.done():
+                query = self._query = Future()
+                threading.Thread(
+                    target=_settle, args=(query, work), name=self._name, daemon=True
+                ).start()
+        try:
+            return query.result(self.timeout)
+        except FutureTimeout:
+            raise BrokerTimeout(f"the broker did not answer within {self.timeout:g}s") from None
+
+
+def _settle(future: Future[T], work: Callable[[], T]) -> None:
+    try:
+        future.set_result(work())
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+        future.set_exception(exc)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import gc
+import signal
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from celery_prom.exporter.liveness import Clock, WorkerLiveness
 from celery_prom.recorder import Recorder
 from celery_prom.store import TaskStore
-from celery_prom.workers import Clock, WorkerLiveness
-from tests.exporter_process import RawEvents, event, hostname, running_exporter_for
-from tests.support import Broker, Scrape
+from tests.exporter_process import RawEvents, event, hostname, plain_worker, running_exporter_for
+from tests.support import Broker, Scrape, WorkerProcess
 
 
 class FakeClock(Clock):
@@ -36,8 +38,7 @@ def heartbeat(host: str, sent_at: float, **fields: Any) -> dict[str, Any]:
 class Harness:
     def __init__(self, timeout: float = 30, purge_after: float = 600) -> None:
         self.clock = FakeClock()
-        self.purged: list[str] = []
-        self.liveness = WorkerLiveness(timeout, purge_after, self.purged.append, self.clock)
+        self.liveness = WorkerLiveness(timeout, purge_after, self.clock)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.liveness)
 
@@ -103,7 +104,6 @@ def test_offline_workers_are_purged_and_not_revived_by_late_events() -> None:
     h.liveness.observe(heartbeat("v@h", 505.0))
     h.clock.now += 100.5
     assert h.liveness.purge_offline() == ["w@h"]
-    assert h.purged == ["w@h"]
     assert h.value("celery_worker_up", "w@h") is None
     assert h.value("celery_worker_up", "v@h") == 0  # down, but not silent long enough
     # Late: sent before the worker went silent, or within a worker timeout of its last.
@@ -115,6 +115,15 @@ def test_offline_workers_are_purged_and_not_revived_by_late_events() -> None:
     assert h.liveness.observe(heartbeat("w@h", 700.0)) is None
     assert h.liveness.accepts("w@h")
     assert h.value("celery_worker_up", "w@h") == 1
+
+
+def test_scrapes_only_read_and_purging_is_left_to_the_owner() -> None:
+    h = Harness(timeout=30, purge_after=600)
+    h.liveness.observe(heartbeat("w@h", 5.0))
+    h.clock.now += 601
+    assert [h.value("celery_worker_up", "w@h") for _ in range(2)] == [0, 0]
+    assert h.liveness.purge_offline() == ["w@h"]
+    assert h.value("celery_worker_up", "w@h") is None
 
 
 def test_no_purge_while_disconnected_nor_before_workers_could_report_again() -> None:
@@ -186,12 +195,7 @@ def test_memory_stays_flat_while_thousands_of_workers_come_and_go() -> None:
     clock = FakeClock()
     store = TaskStore()
     recorder = Recorder(store)
-
-    def forget(host: str) -> None:
-        store.forget_hostname(host)
-        recorder.forget_hostname(host)
-
-    liveness = WorkerLiveness(30, 600, forget, clock)
+    liveness = WorkerLiveness(30, 600, clock)
 
     def round_of_workers(number: int) -> None:
         for index in range(2000):
@@ -209,7 +213,11 @@ def test_memory_stays_flat_while_thousands_of_workers_come_and_go() -> None:
                     }
                 )
         clock.now += 601
-        assert len(liveness.purge_offline()) == 2000
+        purged = liveness.purge_offline()
+        assert len(purged) == 2000
+        for host in purged:
+            store.forget_hostname(host)
+            recorder.forget_hostname(host)
 
     tracemalloc.start()
     try:
@@ -226,3 +234,31 @@ def test_memory_stays_flat_while_thousands_of_workers_come_and_go() -> None:
 
     assert store.versions() == []
     assert after - settled < 64 * 1024, f"grew by {after - settled} bytes over 8,000 workers"
+
+
+def worker_is_up(worker: WorkerProcess) -> Callable[[Scrape], bool]:
+    return lambda s: s.value("celery_worker_up", hostname=worker.hostname) == 1
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_down_after_the_exporters_worker_timeout(
+    own_redis_broker: Broker, tmp_path: Path
+) -> None:
+    # When exactly silence turns into down is tested above, with a fake clock. Here: the
+    # option reaches the exporter (down well before the default 30 s) and silence is enough.
+    with (
+        plain_worker(own_redis_broker, tmp_path) as worker,
+        running_exporter_for(own_redis_broker, tmp_path, "--worker-timeout", "5") as exporter,
+    ):
+        exporter.wait_for_scrape(worker_is_up(worker), what="the worker's heartbeat")
+        worker.process.send_signal(signal.SIGKILL)  # no worker-offline event: just silence
+        down = exporter.wait_for_scrape(
+            lambda s: s.value("celery_worker_up", hostname=worker.hostname) == 0,
+            timeout=20,
+            what="the killed worker to be down",
+        )
+
+    host = {"hostname": worker.hostname}
+    # Down, not forgotten: its last heartbeat is still shown, its task gauge is gone.
+    assert down.value("celery_worker_last_heartbeat_timestamp_seconds", **host) is not None
+    assert down.value("celery_worker_tasks_active", **host) is None

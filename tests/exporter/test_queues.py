@@ -14,8 +14,8 @@ import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from prometheus_client import CollectorRegistry
 
-from celery_prom.broker import BoundedCall, BrokerStatus, BrokerTimeout
-from celery_prom.queues import (
+from celery_prom.exporter.broker import BoundedCall, BrokerStatus, BrokerTimeout
+from celery_prom.exporter.queues import (
     AmqpQueueProbe,
     QueueCollector,
     QueueDiscovery,
@@ -77,6 +77,7 @@ def test_a_probe_answers_again_once_a_restarted_broker_is_back(tmp_path: Path) -
         assert probe.sizes(["work"]) == [QueueSize("work", 1, None)]
 
 
+@pytest.mark.slow
 def test_rabbitmq_reports_ready_messages_and_consumers_past_a_missing_queue(
     amqp_broker: Broker,
 ) -> None:

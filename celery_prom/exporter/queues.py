@@ -24,12 +24,13 @@ from kombu import Connection
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from celery_prom import metrics
-from celery_prom.broker import (
+from celery_prom.exporter.broker import (
     BoundedCall,
     BrokerStatus,
     close_connection,
-    describe_error,
+    connection_errors,
 )
+from celery_prom.faults import describe_error
 from celery_prom.metrics import new_family
 
 logger = logging.getLogger(__name__)
@@ -91,12 +92,7 @@ class QueueDiscovery:
         self._stopped = threading.Event()
         self._wanted = threading.Event()
         self._thread: threading.Thread | None = None
-        connection = app.connection_for_read()
-        self._errors: tuple[type[BaseException], ...] = (
-            OSError,
-            *connection.connection_errors,
-            *connection.channel_errors,
-        )
+        self._errors = connection_errors(app.connection_for_read())
 
     def start(self) -> None:
         self._thread = threading.Thread(

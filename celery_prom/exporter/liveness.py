@@ -18,20 +18,16 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from celery_prom import metrics
+from celery_prom.exporter.dropped import DROP_OFFLINE_WORKER, DROP_TOO_MANY_WORKERS
 from celery_prom.metrics import new_family
-from celery_prom.recorder import (
-    DROP_INVALID_FIELD,
-    DROP_MALFORMED,
-    DROP_OFFLINE_WORKER,
-    DROP_TOO_MANY_WORKERS,
-)
+from celery_prom.recorder import DROP_INVALID_FIELD, DROP_MALFORMED
 
 #: Purged workers remembered, so that their late events stay dropped.
 MAX_TOMBSTONES = 10_000
@@ -62,23 +58,20 @@ class _Worker:
 class WorkerLiveness:
     """Heartbeat bookkeeping per hostname; thread-safe.
 
-    ``on_purge(hostname)`` is called (outside the lock) for every worker purged, so the
-    task store and recorder can forget it too. At most ``max_workers`` are tracked: events
-    of further hostnames are dropped until some are purged.
+    At most ``max_workers`` are tracked: events of further hostnames are dropped until some
+    are purged. Purging is the owner's to schedule (scrapes only read).
     """
 
     def __init__(
         self,
         worker_timeout: float,
         purge_offline_after: float,
-        on_purge: Callable[[str], None],
         clock: Clock | None = None,
         max_workers: int = 2000,
     ) -> None:
         self.worker_timeout = worker_timeout
         self.purge_offline_after = purge_offline_after
         self.max_workers = max_workers
-        self._on_purge = on_purge
         self._clock = clock or Clock()
         self._workers: dict[str, _Worker] = {}
         self._tombstones: OrderedDict[str, float] = OrderedDict()
@@ -145,14 +138,11 @@ class WorkerLiveness:
             for hostname in doomed:
                 worker = self._workers.pop(hostname)
                 self._bury(hostname, worker.sent_at)
-        for hostname in doomed:
-            self._on_purge(hostname)
         return doomed
 
     # -- scrape ----------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        self.purge_offline()
         now = self._clock.monotonic()
         with self._lock:
             workers = sorted(self._workers.items())

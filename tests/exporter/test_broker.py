@@ -10,12 +10,11 @@ from kombu import Connection
 from kombu.transport.redis import SentinelTransport
 from prometheus_client import CollectorRegistry
 
-from celery_prom.broker import (
+from celery_prom.exporter.broker import (
     BoundedCall,
     BrokerStatus,
     BrokerTimeout,
     close_connection,
-    describe_error,
     transport_kind,
 )
 from tests.support import REDIS_DB, REDIS_HOST, REDIS_PORT, free_port
@@ -52,12 +51,6 @@ def test_while_the_receiver_cannot_connect_its_error_is_the_one_reported() -> No
     assert status.error == "BrokerTimeout: the broker did not answer within 2s"
     status.query_succeeded()
     assert status.error is None
-
-
-def test_errors_are_described_on_one_masked_line() -> None:
-    error = OSError("Error 111 connecting to redis://:pw@h:1/0.\nMore detail")
-    assert describe_error(error) == "OSError: Error 111 connecting to redis://:**@h:1/0."
-    assert describe_error(TimeoutError()) == "TimeoutError"
 
 
 def test_a_bounded_call_returns_values_and_raises_errors_of_the_work() -> None:

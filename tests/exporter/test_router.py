@@ -1,4 +1,4 @@
-"""Decoding and routing events: every kind of malformed input is dropped with its reason."""
+"""Routing events: every kind of malformed input is dropped with its reason."""
 
 from __future__ import annotations
 
@@ -9,19 +9,15 @@ from typing import Any
 
 import pytest
 
-from celery_prom.events import (
-    MAX_PAYLOAD_BYTES,
-    EventRouter,
-    LossEstimator,
-    Undecodable,
-    decode_body,
-    decode_kombu_envelope,
-)
-from celery_prom.recorder import Recorder
+from celery_prom.exporter.decoding import MAX_PAYLOAD_BYTES
+from celery_prom.exporter.dropped import DroppedEvents
+from celery_prom.exporter.liveness import WorkerLiveness
+from celery_prom.exporter.losses import LossEstimator
+from celery_prom.exporter.router import EventRouter
+from celery_prom.recorder import Recorder, RecorderStats
 from celery_prom.store import TaskStore
-from celery_prom.workers import WorkerLiveness
-from tests.exporter_process import RawEvents, event, hostname, kombu_envelope, running_exporter_for
-from tests.support import Broker, Scrape
+from tests.exporter_process import RawEvents, event, hostname, running_exporter_for
+from tests.support import Broker
 
 
 class KnownQueues:
@@ -36,12 +32,15 @@ class KnownQueues:
         return self.queues.get(hostname) if isinstance(hostname, str) else None
 
 
-def make_router(queues: KnownQueues | None = None) -> tuple[EventRouter, Recorder, TaskStore]:
+def make_router(queues: KnownQueues | None = None) -> tuple[EventRouter, DroppedEvents, TaskStore]:
     store = TaskStore()
     recorder = Recorder(store)
-    liveness = WorkerLiveness(30, 600, on_purge=lambda host: None)
-    router = EventRouter(recorder, liveness, LossEstimator(recorder), queues or KnownQueues())
-    return router, recorder, store
+    dropped = DroppedEvents(recorder)
+    liveness = WorkerLiveness(30, 600)
+    router = EventRouter(
+        recorder, dropped, liveness, LossEstimator(dropped), queues or KnownQueues()
+    )
+    return router, dropped, store
 
 
 def received_key(store: TaskStore, name: str, host: str, queue: str) -> int | None:
@@ -49,83 +48,15 @@ def received_key(store: TaskStore, name: str, host: str, queue: str) -> int | No
     return None if snapshot is None else snapshot.counters[0]
 
 
-# -- decoding ------------------------------------------------------------------------------
-
-
-def test_a_kombu_envelope_yields_its_event() -> None:
-    body = {"type": "task-received", "uuid": "u1"}
-    assert decode_kombu_envelope(kombu_envelope(json.dumps(body).encode())) == body
-
-
-def test_a_batch_is_a_list() -> None:
-    batch = [{"type": "task-started"}, {"type": "task-succeeded"}]
-    assert decode_kombu_envelope(kombu_envelope(json.dumps(batch).encode())) == batch
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        pytest.param(b"{not json", id="bad-json"),
-        pytest.param(b"\xff\xfe\xfa", id="not-utf8"),
-        pytest.param(b"[1, 2]", id="not-an-envelope"),
-        pytest.param(
-            json.dumps(
-                {
-                    "body": "%%%",
-                    "content-type": "application/json",
-                    "properties": {"body_encoding": "base64"},
-                }
-            ).encode(),
-            id="bad-base64",
-        ),
-        pytest.param(
-            json.dumps(
-                {
-                    "body": 5,
-                    "content-type": "application/json",
-                    "properties": {"body_encoding": "base64"},
-                }
-            ).encode(),
-            id="body-not-text",
-        ),
-        pytest.param(
-            kombu_envelope(
-                pickle.dumps({"type": "task-received"}), "application/x-python-serialize"
-            ),
-            id="pickle",
-        ),
-        pytest.param(kombu_envelope(b"{}", "application/x-msgpack"), id="msgpack"),
-        pytest.param(kombu_envelope(b"\xc3\x28"), id="body-not-utf8"),
-        pytest.param(kombu_envelope(b"[" * 100_000 + b"]" * 100_000), id="deep-nesting"),
-        pytest.param(b" " * (MAX_PAYLOAD_BYTES + 1), id="too-large"),
-    ],
-)
-def test_undecodable_payloads_raise_undecodable(payload: bytes) -> None:
-    with pytest.raises(Undecodable):
-        decode_kombu_envelope(payload)
-
-
-def test_a_body_is_only_ever_decoded_as_json() -> None:
-    assert decode_body(b'{"a": 1}', "application/json") == {"a": 1}
-    with pytest.raises(Undecodable):
-        decode_body(b'{"a": 1}', "application/x-python-serialize")
-    with pytest.raises(Undecodable):
-        decode_body(None, "application/json")
-
-
-# -- routing -------------------------------------------------------------------------------
-
-
 def test_task_events_marked_by_an_instrumented_worker_are_skipped() -> None:
-    router, recorder, store = make_router()
+    router, dropped, store = make_router()
     router.route(event("task-received", "w@h", 1, 1.0, uuid="u", name="t", celery_prom=True))
-    assert recorder.stats.received == 1
-    assert recorder.stats.dropped == {"recorded_by_worker": 1}
+    assert dropped.counts() == RecorderStats(1, {"recorded_by_worker": 1})
     assert store.versions() == []
 
 
 def test_batches_are_routed_event_by_event() -> None:
-    router, recorder, store = make_router()
+    router, dropped, store = make_router()
     router.route(
         [
             event("task-received", "w@h", 1, 1.0, uuid="u", name="t"),
@@ -134,8 +65,7 @@ def test_batches_are_routed_event_by_event() -> None:
             event("task-bogus", "w@h", 2, 1.0, uuid="u"),
         ]
     )
-    assert recorder.stats.received == 4
-    assert recorder.stats.dropped == {"malformed": 2, "unknown_type": 1}
+    assert dropped.counts() == RecorderStats(4, {"malformed": 2, "unknown_type": 1})
     assert received_key(store, "t", "w@h", "celery") == 1
 
 
@@ -151,34 +81,19 @@ def test_task_received_gets_the_queue_of_a_single_queue_worker() -> None:
 
 def test_worker_events_reach_liveness_and_ask_for_the_worker_queues() -> None:
     queues = KnownQueues()
-    router, recorder, _ = make_router(queues)
+    router, dropped, _ = make_router(queues)
     router.route(event("worker-heartbeat", "w@h", 1, 1.0, active=1, processed=2))
     router.route(event("worker-heartbeat", "w@h", 2, 1.0, active="x"))
     assert queues.noticed == ["w@h"]
-    assert recorder.stats.received == 2
-    assert recorder.stats.dropped == {"invalid_field": 1}
+    assert dropped.counts() == RecorderStats(2, {"invalid_field": 1})
 
 
 def test_an_eta_in_kombu_json_encoding_is_understood() -> None:
-    router, recorder, store = make_router()
+    router, dropped, store = make_router()
     eta = {"__type__": "datetime", "__value__": "2030-01-01T00:00:00+00:00"}
     router.route(event("task-received", "w@h", 1, 1.0, uuid="u", name="t", eta=eta))
-    assert recorder.stats.dropped == {}
+    assert dropped.counts().dropped == {}
     assert received_key(store, "t", "w@h", "celery") == 1
-
-
-def test_losses_are_counted_from_clock_gaps_across_reconnects_only() -> None:
-    recorder = Recorder(TaskStore())
-    losses = LossEstimator(recorder)
-    losses.new_connection()
-    for clock in (1, 2, 5):  # a gap while connected: gossip, not loss
-        losses.observe("w@h", clock)
-    losses.new_connection()
-    losses.observe("w@h", 9)  # 6, 7 and 8 never arrived
-    losses.observe("w@h", 20)
-    losses.observe("v@h", 100)  # first seen after the reconnect: nothing to compare
-    assert recorder.stats.dropped == {"lost": 3}
-    assert recorder.stats.received == 0
 
 
 # -- malformed events end to end -------------------------------------------------------------
@@ -275,7 +190,7 @@ def test_malformed_events_are_dropped_and_later_events_counted_exactly(
             what=f"{expected_received} events",
         )
         raw.close()
-    assert dropped(result) == drops
+    assert result.by_label("celery_prom_events_dropped_total", "reason") == drops
     labels = {"name": "demo.ok", "hostname": host, "queue_name": "celery"}
     assert [
         result.value(f"celery_task_{kind}_total", **labels)
@@ -283,10 +198,3 @@ def test_malformed_events_are_dropped_and_later_events_counted_exactly(
     ] == [3, 3, 3]
     assert result.total("celery_task_received_total", hostname=host) == 3
     assert not canary.exists()
-
-
-def dropped(result: Scrape) -> dict[str, float]:
-    return {
-        dict(labels)["reason"]: value
-        for labels, value in result.series("celery_prom_events_dropped_total").items()
-    }

@@ -1,0 +1,181 @@
+"""The exporter end to end: real workers sending task events, real brokers, real HTTP."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bootsteps.test_tap import MIX_EXPECTED, T, outcomes, send_mix
+from tests.exporter.test_liveness import worker_is_up
+from tests.exporter.test_receiver import succeeded, task_events
+from tests.exporter_process import (
+    RawEvents,
+    hostname,
+    plain_worker,
+    running_exporter,
+    running_exporter_for,
+)
+from tests.support import (
+    Broker,
+    Scrape,
+    WorkerProcess,
+    http_get,
+    private_redis,
+    promtool_check_metrics,
+)
+
+
+@pytest.mark.slow
+def test_task_events_are_counted_exactly(
+    own_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    broker = own_broker
+    with (
+        plain_worker(broker, tmp_path) as worker,
+        running_exporter_for(broker, tmp_path) as exporter,
+    ):
+        exporter.wait_until_counting(worker)
+        send_mix(client_app_for(broker, worker.queue))
+        total = sum(
+            e.succeeded + e.retried + sum(n for _, n in e.failures) for e in MIX_EXPECTED.values()
+        )
+        result = exporter.wait_for_scrape(
+            lambda s: outcomes(s, worker) >= total, what=f"{total} outcomes"
+        )
+        assert task_counts(result, worker) == {
+            name: {
+                "received": want.received,
+                "started": want.started,
+                "succeeded": want.succeeded,
+                "retried": want.retried,
+                "runtime observations": want.succeeded,
+                "failures": dict(want.failures),
+            }
+            for name, want in MIX_EXPECTED.items()
+        }
+        assert result.value("celery_queue_length", queue_name=worker.queue) == 0
+        if broker.kind == "amqp":
+            assert result.value("celery_active_consumer_count", queue_name=worker.queue) == 1
+        assert result.value("celery_prom_broker_up") == 1
+        assert result.series("celery_prom_events_dropped_total") == {}
+        assert result.value("celery_prom_collector_success", collector="queues") == 1
+        # The catalogue keeps the most used exporter's name for RabbitMQ's consumer count,
+        # which promtool's lint dislikes; it is the only finding.
+        consumer_count_name = (
+            "celery_active_consumer_count non-histogram and non-summary metrics should not have"
+            ' "_count" suffix'
+        )
+        expected_lint = [consumer_count_name] if broker.kind == "amqp" else []
+        assert promtool_check_metrics(result.text) == expected_lint
+
+
+@pytest.mark.slow
+def test_an_instrumented_worker_is_not_counted_twice(
+    own_redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    redis_broker = own_redis_broker
+    with (
+        plain_worker(redis_broker, tmp_path, install=True) as worker,
+        running_exporter_for(redis_broker, tmp_path) as exporter,
+    ):
+        exporter.wait_for_scrape(worker_is_up(worker), what="the worker's heartbeat")
+        app = client_app_for(redis_broker, worker.queue)
+        for _ in range(5):
+            app.send_task(f"{T}noop")
+        # received, started and succeeded for each task: all counted by the worker itself.
+        result = exporter.wait_for_scrape(
+            lambda s: (
+                s.value("celery_prom_events_dropped_total", reason="recorded_by_worker") == 15
+            ),
+            what="15 task events skipped",
+        )
+        assert result.total("celery_task_received_total", hostname=worker.hostname) == 0
+        own = worker.scrape()
+        assert (
+            own.value(
+                "celery_task_succeeded_total",
+                name=f"{T}noop",
+                hostname=worker.hostname,
+                queue_name=worker.queue,
+            )
+            == 5
+        )
+
+
+def task_counts(result: Scrape, worker: WorkerProcess) -> dict[str, dict[str, object]]:
+    counts: dict[str, dict[str, object]] = {}
+    for name in MIX_EXPECTED:
+        labels = {"name": name, "hostname": worker.hostname, "queue_name": worker.queue}
+        counts[name] = {
+            "received": result.value("celery_task_received_total", **labels),
+            "started": result.value("celery_task_started_total", **labels),
+            "succeeded": result.value("celery_task_succeeded_total", **labels),
+            "retried": result.value("celery_task_retried_total", **labels),
+            "runtime observations": result.value("celery_task_runtime_seconds_count", **labels),
+            "failures": result.by_label("celery_task_failed_total", "exception", **labels),
+        }
+    return counts
+
+
+@pytest.mark.slow
+def test_serves_at_once_without_a_broker_and_connects_when_it_appears(tmp_path: Path) -> None:
+    with (
+        private_redis(tmp_path, start=False) as server,
+        running_exporter(server.url, tmp_path) as exporter,
+    ):
+        first = exporter.scrape()
+        assert first is not None
+        assert first.value("celery_prom_broker_up") == 0
+        assert exporter.health()[0] == 503
+        assert "<h1>celery-prom exporter</h1>" in http_get(f"http://127.0.0.1:{exporter.port}/")
+        server.start()
+        exporter.wait_for_scrape(
+            lambda s: s.value("celery_prom_broker_up") == 1, what="broker_up 1"
+        )
+        host = hostname()
+        raw = RawEvents(Broker(server.url))
+        raw.events(task_events(host, 1, 2))
+        result = exporter.wait_for_scrape(lambda s: succeeded(s, host) == 2, what="2 tasks")
+        assert result.value("celery_prom_broker_reconnects_total") == 0
+        assert exporter.health() == (
+            200,
+            {
+                "healthy": True,
+                "checks": {"broker": "up", "broker_url": server.url, "metrics": "ok"},
+            },
+        )
+        raw.close()
+
+
+@pytest.mark.slow
+def test_a_restarted_exporter_picks_up_running_workers(
+    own_redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with plain_worker(own_redis_broker, tmp_path) as worker:
+        app = client_app_for(own_redis_broker, worker.queue)
+        with running_exporter_for(own_redis_broker, tmp_path) as first:
+            first.wait_for_scrape(worker_is_up(worker), what="the worker's heartbeat")
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait(10)
+        with running_exporter_for(own_redis_broker, tmp_path) as second:
+            second.wait_for_scrape(worker_is_up(worker), what="the worker's heartbeat again")
+            # Its queue, learned from its active_queues, also labels its tasks.
+            second.wait_for_scrape(
+                lambda s: s.value("celery_queue_length", queue_name=worker.queue) is not None,
+                what="the worker's queue",
+            )
+            for _ in range(4):
+                app.send_task(f"{T}noop")
+            result = second.wait_for_scrape(
+                lambda s: s.total("celery_task_succeeded_total", hostname=worker.hostname) >= 4,
+                what="the tasks sent after the restart",
+            )
+        worker.assert_alive()
+
+    labels = {"name": f"{T}noop", "hostname": worker.hostname, "queue_name": worker.queue}
+    assert result.value("celery_task_received_total", **labels) == 4
+    assert result.value("celery_task_succeeded_total", **labels) == 4
