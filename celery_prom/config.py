@@ -386,16 +386,19 @@ class Buckets(_ParamType):
             self.fail(f"{exc}.", param, ctx)
 
 
-def worker_endpoint_settings(option: type[Setting] = Setting) -> list[Setting]:
-    """The worker endpoint's settings, named as ``celery worker``'s options."""
-    return [
+def worker_endpoint_settings(
+    option: type[Setting] = Setting, command: str = "worker"
+) -> list[Setting]:
+    """The endpoint's settings, named as ``celery worker``'s (and ``celery beat``'s)
+    options."""
+    settings = [
         option(
             "port",
             prefix="prom-",
             type=PortRange(),
             default=DEFAULT_PORT,
-            help="Port of the worker's /metrics endpoint, or a range (9808-9827) to take the "
-            "first free port of; 0 turns metrics off. App setting: celery_prom_port.",
+            help=f"Port of the {command}'s /metrics endpoint, or a range (9808-9827) to take "
+            "the first free port of; 0 turns metrics off. App setting: celery_prom_port.",
         ),
         option(
             "host",
@@ -405,16 +408,6 @@ def worker_endpoint_settings(option: type[Setting] = Setting) -> list[Setting]:
             help="Address the endpoint listens on. App setting: celery_prom_host.",
         ),
         option(
-            "advertise",
-            prefix="prom-",
-            type=AdvertisedAddress(),
-            show_default=False,
-            help="Address the exporter's /sd/workers gives Prometheus for this worker "
-            "(default: the --prom-host address when it is a specific one, else this "
-            "machine's fully qualified name; the port: the one served). "
-            "App setting: celery_prom_advertise.",
-        ),
-        option(
             "web_config",
             prefix="prom-",
             type=WEB_CONFIG,
@@ -422,6 +415,20 @@ def worker_endpoint_settings(option: type[Setting] = Setting) -> list[Setting]:
             "App setting: celery_prom_web_config.",
         ),
     ]
+    if command == "worker":  # beat sends no heartbeats to advertise its address in
+        settings.append(
+            option(
+                "advertise",
+                prefix="prom-",
+                type=AdvertisedAddress(),
+                show_default=False,
+                help="Address the exporter's /sd/workers gives Prometheus for this worker "
+                "(default: the --prom-host address when it is a specific one, else this "
+                "machine's fully qualified name; the port: the one served). "
+                "App setting: celery_prom_advertise.",
+            )
+        )
+    return settings
 
 
 def recording_options() -> list[Setting]:

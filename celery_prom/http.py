@@ -24,6 +24,7 @@ from typing import Any
 
 from prometheus_client.exposition import gzip_accepted
 
+from celery_prom.config import Ports
 from celery_prom.webconfig import BasicAuth, WebConfig, WebConfigFile
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,23 @@ class MetricsServer:
     def close_socket(self) -> None:
         """Close the listening socket without serving (a forked child's inherited copy)."""
         self._httpd.socket.close()
+
+
+def serve_first_free(
+    host: str, ports: Ports, endpoint: Endpoint, web_config: WebConfigFile | None = None
+) -> MetricsServer:
+    """A server on the first port of ``ports`` that is free.
+
+    Raises ``PortInUse`` when none is (naming the range, when it has several ports), or
+    ``OSError`` when ``host`` cannot be listened on.
+    """
+    for port in ports:
+        try:
+            return MetricsServer(host, port, endpoint, web_config)
+        except PortInUse:
+            if ports.first == ports.last:
+                raise
+    raise PortInUse(errno.EADDRINUSE, f"every port of {ports} on {host} is already in use")
 
 
 class _Server(ThreadingHTTPServer):

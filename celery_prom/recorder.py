@@ -7,6 +7,11 @@ Task events carry a task id but not always the task name or queue; those come wi
 ``task-received`` and are remembered per *attempt*. A retry re-delivers the same task id,
 and the new message can be received before the old attempt reports ``task-retried``, so
 attempts are kept in arrival order per (hostname, task id) rather than one per id.
+
+``Task.replace`` reuses the task id too: it sends the replacement (often another task,
+so another name) and ends the running attempt by raising ``Ignore``, for which Celery
+sends no event. Only the worker sees that ending, and reports it with ``record_ignored``;
+the replacement is an attempt of its own, counted under its own name.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from celery_prom import metrics
 from celery_prom.metrics import MAX_LABEL_VALUE_LENGTH, new_family
 from celery_prom.store import (
+    IGNORED,
     RECEIVED,
     REJECTED,
+    REPLACED,
     RETRIED,
     REVOKED,
     SeriesKey,
@@ -52,11 +59,17 @@ _UNPICKLEABLE = re.compile(r"UnpickleableExceptionWrapper\('[^']*',\s*'([A-Za-z_
 # Wrappers whose repr hides the real exception: nothing to recover from the text alone.
 _OPAQUE_WRAPPERS = frozenset({"ExceptionWithTraceback", "ExceptionInfo"})
 
-_IGNORED = frozenset({"task-sent"})
+_NOT_COUNTED = frozenset({"task-sent"})
+# Endings Celery sends no event for (an attempt that raised Ignore); named like events
+# so that they share the bookkeeping of the outcomes Celery does report.
+_REPLACED = "task-replaced"
+_IGNORED = "task-ignored"
 _SIMPLE_COUNTERS: Mapping[str, int] = {
     "task-retried": RETRIED,
     "task-revoked": REVOKED,
     "task-rejected": REJECTED,
+    _REPLACED: REPLACED,
+    _IGNORED: IGNORED,
 }
 
 
@@ -74,7 +87,11 @@ class _Attempt:
 
     key: SeriesKey
     ready_at: float | None
+    retries: int
     started: bool = False
+    #: A later delivery of the same task id that is no retry followed it while it ran: it
+    #: was replaced, so it ends by raising Ignore, not with the outcomes Celery reports.
+    replaced: bool = False
 
 
 @dataclass(slots=True)
@@ -167,6 +184,18 @@ class Recorder:
             except InvalidEvent as invalid:
                 self.stats.drop(invalid.reason)
 
+    def record_ignored(self, hostname: str, uuid: str, replaced: bool) -> None:
+        """Count an attempt that ended by raising ``Ignore`` (``Task.replace`` when
+        ``replaced``); never raises. Celery reports such an ending with no event at all.
+        """
+        with self._lock:
+            try:
+                self._on_simple_outcome(
+                    (hostname, uuid), {"type": _REPLACED if replaced else _IGNORED}
+                )
+            except InvalidEvent as invalid:
+                self.stats.drop(invalid.reason)
+
     def forget_hostname(self, hostname: str) -> None:
         """Forget unfinished tasks of a worker that went away."""
         with self._lock:
@@ -191,7 +220,7 @@ class Recorder:
         event_type = event.get("type")
         if not isinstance(event_type, str):
             raise InvalidEvent(DROP_MALFORMED)
-        if event_type in _IGNORED:
+        if event_type in _NOT_COUNTED:
             return
         handler = self._handlers.get(event_type)
         if handler is None:
@@ -203,12 +232,14 @@ class Recorder:
         handler((hostname, uuid), event)
 
     def _on_received(self, task: tuple[str, str], event: Mapping[str, Any]) -> None:
-        attempt = _Attempt(_series_key(task[0], event), _ready_at(event))
+        attempt = _Attempt(_series_key(task[0], event), _ready_at(event), _retries(event))
         attempts = self._in_flight.get(task)
         if attempts is None:
             if len(self._in_flight) >= self._max_in_flight:
                 self._evict_oldest()
             attempts = self._in_flight[task] = []
+        else:
+            _mark_replaced(attempts, attempt.retries)
         attempts.append(attempt)
         self.store.count(attempt.key, RECEIVED)
 
@@ -251,22 +282,33 @@ class Recorder:
                 return attempt
         return None
 
-    def _take_attempt(self, task: tuple[str, str], attempts: list[_Attempt]) -> _Attempt:
-        """Remove and return the attempt an outcome ends: the oldest started, else the oldest."""
+    def _take_attempt(
+        self, task: tuple[str, str], attempts: list[_Attempt], outcome: str
+    ) -> _Attempt:
+        """Remove and return the attempt an outcome ends: the oldest started, else the oldest.
+
+        Outcomes other than Ignore's pass over replaced attempts while a started attempt
+        that was not replaced is in flight: the replacement can end (its outcome is
+        reported) before the main process learns that the attempt it replaced raised.
+        """
         if len(attempts) == 1:  # nearly always: one delivery of the task in flight
             del self._in_flight[task]
             return attempts[0]
-        for index, attempt in enumerate(attempts):
-            if attempt.started:
-                return attempts.pop(index)
-        return attempts.pop(0)
+        started = [index for index, attempt in enumerate(attempts) if attempt.started]
+        if not started:
+            return attempts.pop(0)
+        if outcome not in (_REPLACED, _IGNORED):
+            for index in started:
+                if not attempts[index].replaced:
+                    return attempts.pop(index)
+        return attempts.pop(started[0])
 
     def _finish(self, task: tuple[str, str], event: Mapping[str, Any]) -> SeriesKey | None:
         """The series an outcome belongs to, or None when it was already counted."""
         outcome = event["type"]
         attempts = self._in_flight.get(task)
         if attempts:
-            attempt = self._take_attempt(task, attempts)
+            attempt = self._take_attempt(task, attempts, outcome)
             # Celery reports nothing after a success; other outcomes can be reported twice
             # (or be followed by a rejection), so only those are remembered.
             if outcome != "task-succeeded":
@@ -319,7 +361,7 @@ def exception_class_name(text: str) -> str:
 
 
 def _exception_label(event: Mapping[str, Any]) -> str:
-    # The worker tap knows the real class (from task_failure) and passes it along.
+    # The worker tap knows the real class (from the pool's result, or task_failure).
     exact = event.get("exception_type")
     if isinstance(exact, str) and exact:
         return _label(exact)
@@ -352,6 +394,21 @@ def _label(value: str) -> str:
         except UnicodeEncodeError:
             raise InvalidEvent(DROP_INVALID_FIELD) from None
     return value
+
+
+def _mark_replaced(attempts: list[_Attempt], retries: int) -> None:
+    """A new delivery of a task id arrived: the started attempts it does not retry (Celery
+    counts retries up) were replaced. (A redelivered unacknowledged message is taken for a
+    replacement too; it is of the same series, so no count moves.)"""
+    for attempt in attempts:
+        if attempt.started and attempt.retries >= retries:
+            attempt.replaced = True
+
+
+def _retries(event: Mapping[str, Any]) -> int:
+    """How many times the delivered task was retried before; 0 when the event does not say."""
+    retries = event.get("retries")
+    return retries if type(retries) is int else 0
 
 
 def _ready_at(event: Mapping[str, Any]) -> float | None:

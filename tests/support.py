@@ -240,6 +240,12 @@ class ServingProcess(abc.ABC):
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def logged_port(self) -> int | None:
+        """The port its log says celery-prom serves on."""
+        self.assert_alive()
+        found = re.search(r"celery-prom: serving http://\S+:(\d+)/metrics", self.output())
+        return int(found.group(1)) if found else None
+
     def stop(self, timeout: float = 30.0) -> int:
         return stop_process(self.process, timeout)
 
@@ -266,19 +272,9 @@ class WorkerProcess(ServingProcess):
         self.assert_alive()
         return "ready." in self.output()
 
-    def serving_port(self) -> int | None:
-        """The port its log says it serves on."""
-        self.assert_alive()
-        found = re.search(r"celery-prom: serving http://\S+:(\d+)/metrics", self.output())
-        return int(found.group(1)) if found else None
-
     def wait_until_ready(self) -> None:
-        """Until it answers on its port (learned from its log when it was given a range)
-        and says it is ready."""
-        if not self.port:
-            self.port = wait_for(self.serving_port, what=f"{self.name}'s port in its log")
-        self.wait_for_scrape(lambda s: True, what="the endpoint to answer")
-        wait_for(self.is_ready, what=f"{self.name} to be ready")
+        """Until it answers and says it is ready; else it is stopped."""
+        _wait_until_ready(self, self.is_ready)
 
 
 def app_env(broker: Broker, queue: str, **extra: str) -> dict[str, str]:
@@ -361,8 +357,6 @@ def start_worker(
     queue = queue or unique("q")
     name = unique("w")
     port = free_port() if port is None else port
-    setting = f"{port.start}-{port.stop - 1}" if isinstance(port, range) else str(port)
-    log = tmp_path / f"{name}.log"
     args = worker_command(
         queue,
         name=name,
@@ -371,27 +365,43 @@ def start_worker(
         app_module=app_module,
         extra_args=extra_args,
     )
-    # Through the environment, which works however the app added the bootstep.
-    worker_env = {"CELERY_PROM_PORT": setting, "CELERY_PROM_HOST": "127.0.0.1", **(env or {})}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=app_env(broker, queue, **worker_env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    # 0 until wait_until_ready reads it from the log, for a range.
+    log = tmp_path / f"{name}.log"
+    process = _spawn(
+        args, app_env(broker, queue, **{**endpoint_env(port), **(env or {})}), log, cwd
+    )
+    # For a range, 0 until _wait_until_ready reads the port from the log.
     known_port = 0 if isinstance(port, range) else port
     worker = WorkerProcess(known_port, process, log, name=name, queue=queue)
     if wait:
-        try:
-            worker.wait_until_ready()
-        except BaseException:
-            # The caller never gets the worker, so nobody else could stop it.
-            worker.stop()
-            raise
+        worker.wait_until_ready()
     return worker
+
+
+def endpoint_env(port: int | range) -> dict[str, str]:
+    """celery-prom's endpoint on 127.0.0.1:``port`` (or the first free port of a range),
+    through the environment, which works however the app added celery-prom."""
+    setting = f"{port.start}-{port.stop - 1}" if isinstance(port, range) else str(port)
+    return {"CELERY_PROM_PORT": setting, "CELERY_PROM_HOST": "127.0.0.1"}
+
+
+def _spawn(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_until_ready(process: ServingProcess, ready: Callable[[], bool]) -> None:
+    """Until its endpoint answers (on the port its log names, when it was given a range) and
+    ``ready()``; else it is stopped (the caller never gets it, so nobody else could stop it)."""
+    try:
+        if not process.port:
+            process.port = wait_for(process.logged_port, what=f"{process.title}'s port")
+        process.wait_for_scrape(lambda s: True, what="the endpoint to answer")
+        wait_for(ready, what=f"{process.title} to be ready")
+    except BaseException:
+        process.stop()
+        raise
 
 
 @contextlib.contextmanager
@@ -401,6 +411,116 @@ def running_worker(*args: Any, **kwargs: Any) -> Iterator[WorkerProcess]:
         yield worker
     finally:
         worker.stop()
+
+
+@dataclass
+class BeatProcess(ServingProcess):
+    """A ``celery beat`` subprocess of the beat test app (``tests/apps/cptest_beat.py``)."""
+
+    name: str
+    queue: str
+
+    @property
+    def title(self) -> str:
+        return f"beat {self.name}"
+
+    def scrape(self) -> Scrape:
+        return scrape(self.port)
+
+
+def beat_command(schedule_file: Path, *extra_args: str, loglevel: str = "INFO") -> list[str]:
+    """``celery -A cptest_beat beat`` keeping its state in ``schedule_file``."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "cptest_beat",
+        "beat",
+        "-s",
+        str(schedule_file),
+        f"--loglevel={loglevel}",
+        *extra_args,
+    ]
+
+
+def start_beat(
+    broker: Broker,
+    tmp_path: Path,
+    schedule: dict[str, float | str],
+    *,
+    queue: str | None = None,
+    env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+    schedule_file: Path | None = None,
+    wait: bool = True,
+) -> BeatProcess:
+    """Start beat sending ``schedule``'s entries to ``queue``, keeping its state in
+    ``schedule_file`` (a new file unless given)."""
+    queue = queue or unique("q")
+    name = unique("beat")
+    port = free_port()
+    args = beat_command(schedule_file or tmp_path / f"{name}-schedule", *extra_args)
+    beat_env = {**endpoint_env(port), "CPTEST_BEAT_SCHEDULE": json.dumps(schedule), **(env or {})}
+    log = tmp_path / f"{name}.log"
+    beat = BeatProcess(
+        port, _spawn(args, app_env(broker, queue, **beat_env), log), log, name, queue
+    )
+    if wait:
+        _wait_until_ready(beat, lambda: True)
+    return beat
+
+
+@contextlib.contextmanager
+def running_beat(*args: Any, **kwargs: Any) -> Iterator[BeatProcess]:
+    beat = start_beat(*args, **kwargs)
+    try:
+        yield beat
+    finally:
+        beat.stop()
+
+
+def redis_queue_length(broker: Broker, queue: str) -> int:
+    """Messages waiting in ``queue`` on a Redis broker (its key under the broker's prefix)."""
+    client = redis.Redis.from_url(broker.url)
+    try:
+        return int(client.llen(broker.transport_options.get("global_keyprefix", "") + queue))
+    finally:
+        client.close()
+
+
+def wait_for_sends_to_match_the_broker(
+    beat: BeatProcess, broker: Broker, already: float = 0.0
+) -> Scrape:
+    """A scrape whose sends (beyond ``already``) equal the messages in beat's queue.
+
+    Beat counts a send once the broker took it, so between two sends the two agree.
+    """
+
+    def agreeing() -> Scrape | None:
+        before = redis_queue_length(broker, beat.queue)
+        scrape = beat.scrape()
+        after = redis_queue_length(broker, beat.queue)
+        sent = scrape.total("celery_beat_tasks_sent_total") - already
+        return scrape if before == after == sent else None
+
+    return wait_for(agreeing, what=f"{beat.title}'s sends to match the broker's messages")
+
+
+def run_refused(
+    broker: Broker, command: list[str], queue: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A command of a test app consuming or sending to ``queue``, expected to refuse to
+    start."""
+    return subprocess.run(
+        command,
+        cwd=REPO,
+        env=app_env(broker, queue, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def load_test_app(broker: Broker, queue: str) -> Any:

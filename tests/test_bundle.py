@@ -50,8 +50,8 @@ RENAMED_LINES = [
     ),
     (
         "kubernetes/prometheusrule.yaml",
-        '      expr: up{job=~"celery-.*", job!="celery-worker"} == 0',
-        '      expr: up{job=~"celery-.*|broker-watch", job!="workers"} == 0',
+        '      expr: up{job=~"celery-.*", job!="celery-worker", job!="celery-beat"} == 0',
+        '      expr: up{job=~"celery-.*|broker-watch", job!="workers", job!="celery-beat"} == 0',
     ),
     (
         "kubernetes/worker-podmonitor.yaml",
@@ -80,8 +80,8 @@ RENAMED_LINES = [
     ),
     (
         "rules/celery-alerts.yml",
-        '        expr: up{job=~"celery-.*", job!="celery-worker"} == 0',
-        '        expr: up{job=~"celery-.*|broker-watch", job!="workers"} == 0',
+        '        expr: up{job=~"celery-.*", job!="celery-worker", job!="celery-beat"} == 0',
+        '        expr: up{job=~"celery-.*|broker-watch", job!="workers", job!="celery-beat"} == 0',
     ),
 ]
 

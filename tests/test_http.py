@@ -14,10 +14,11 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from celery_prom.http import Endpoint, HealthReport, MetricsServer, PortInUse
+from celery_prom.config import Ports
+from celery_prom.http import Endpoint, HealthReport, MetricsServer, PortInUse, serve_first_free
 from celery_prom.webconfig import WebConfigFile
 from tests.certs import Pki, make_pki
-from tests.support import free_port
+from tests.support import free_port, free_port_range, listening
 
 
 class FakeOwner:
@@ -173,6 +174,31 @@ def test_a_stuck_client_does_not_block_other_scrapes(server: MetricsServer) -> N
 def test_a_busy_port_is_reported_by_number(server: MetricsServer, owner: FakeOwner) -> None:
     with pytest.raises(PortInUse) as error:
         MetricsServer("127.0.0.1", server.port, Endpoint("x", owner.render, owner.health))
+
+    assert error.value.strerror == f"port {server.port} on 127.0.0.1 is already in use"
+
+
+def test_a_range_serves_on_its_first_free_port_and_names_itself_when_full(
+    owner: FakeOwner,
+) -> None:
+    ports = free_port_range(3)
+    given = Ports(ports[0], ports[-1])
+    with listening(ports[:1]):
+        servers = [serve_first_free("127.0.0.1", given, owner.endpoint("x")) for _ in ports[1:]]
+        try:
+            with pytest.raises(PortInUse) as error:
+                serve_first_free("127.0.0.1", given, owner.endpoint("x"))
+        finally:
+            for server in servers:
+                server.stop()
+
+    assert [server.port for server in servers] == list(ports[1:])
+    assert error.value.strerror == f"every port of {given} on 127.0.0.1 is already in use"
+
+
+def test_a_single_port_is_reported_by_number(server: MetricsServer, owner: FakeOwner) -> None:
+    with pytest.raises(PortInUse) as error:
+        serve_first_free("127.0.0.1", Ports(server.port, server.port), owner.endpoint("x"))
 
     assert error.value.strerror == f"port {server.port} on 127.0.0.1 is already in use"
 

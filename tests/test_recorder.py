@@ -16,7 +16,15 @@ from celery_prom.recorder import (
     Recorder,
     exception_class_name,
 )
-from celery_prom.store import RECEIVED, REJECTED, RETRIED, REVOKED, STARTED, SUCCEEDED, TaskStore
+from celery_prom.store import (
+    RECEIVED,
+    REJECTED,
+    RETRIED,
+    REVOKED,
+    STARTED,
+    SUCCEEDED,
+    TaskStore,
+)
 
 HOST = "celery@a"
 KEY = ("app.add", HOST, "default")
@@ -73,7 +81,7 @@ def test_a_successful_task_counts_received_started_succeeded_and_its_runtime(
     events.send("task-started", "t1")
     events.send("task-succeeded", "t1", runtime=0.5)
 
-    assert counters(store) == (1, 1, 1, 0, 0, 0)
+    assert counters(store) == (1, 1, 1, 0, 0, 0, 0, 0)
     snap = store.snapshot(KEY)
     assert snap is not None
     assert snap.runtime.buckets == [0, 1, 0]
@@ -105,6 +113,91 @@ def test_a_retry_received_before_the_old_attempt_reports_keeps_both_attempts(
     second = counters(store, ("app.add", HOST, "retries"))
     assert (first[RECEIVED], first[STARTED], first[RETRIED], first[SUCCEEDED]) == (1, 1, 1, 0)
     assert (second[RECEIVED], second[STARTED], second[RETRIED], second[SUCCEEDED]) == (1, 1, 0, 1)
+
+
+REPLACED_KEY = ("app.replace_me", HOST, "default")
+
+
+def test_a_replaced_attempt_counts_as_replaced_and_its_replacement_under_its_own_name(
+    events: Events, store: TaskStore, recorder: Recorder
+) -> None:
+    # Task.replace: the attempt raises Ignore (no event), the replacement reuses its id.
+    events.received("t1", name="app.replace_me")
+    events.send("task-started", "t1")
+    recorder.record_ignored(HOST, "t1", replaced=True)
+    events.received("t1")
+    events.send("task-started", "t1")
+    events.send("task-succeeded", "t1", runtime=0.01)
+
+    assert counters(store, REPLACED_KEY) == (1, 1, 0, 0, 0, 0, 1, 0)
+    assert counters(store) == (1, 1, 1, 0, 0, 0, 0, 0)
+    assert recorder.stats.dropped == {}
+
+
+def test_a_replacement_received_before_its_predecessor_ends_is_counted_apart(
+    events: Events, store: TaskStore, recorder: Recorder
+) -> None:
+    events.received("t1", name="app.replace_me")
+    events.send("task-started", "t1")
+    events.received("t1")
+    recorder.record_ignored(HOST, "t1", replaced=True)
+    events.send("task-started", "t1")
+    events.send("task-failed", "t1", exception="ValueError('x')")
+
+    assert counters(store, REPLACED_KEY) == (1, 1, 0, 0, 0, 0, 1, 0)
+    assert counters(store) == (1, 1, 0, 0, 0, 0, 0, 0)
+    assert failures(store) == {"ValueError": 1}
+
+
+def test_a_replacement_that_ends_before_its_predecessor_is_not_taken_for_it(
+    events: Events, store: TaskStore, recorder: Recorder
+) -> None:
+    # The replacement runs in another pool process and reports before the main process
+    # reads the result of the attempt it replaced.
+    events.received("t1", name="app.replace_me", retries=2)
+    events.send("task-started", "t1")
+    events.received("t1", retries=0)
+    events.send("task-started", "t1")
+    events.send("task-succeeded", "t1", runtime=0.01)
+    recorder.record_ignored(HOST, "t1", replaced=True)
+
+    assert counters(store, REPLACED_KEY) == (1, 1, 0, 0, 0, 0, 1, 0)
+    assert counters(store) == (1, 1, 1, 0, 0, 0, 0, 0)
+
+
+def test_a_retry_on_another_queue_is_not_taken_for_a_replacement(
+    events: Events, store: TaskStore
+) -> None:
+    events.received("t1", retries=0)
+    events.send("task-started", "t1")
+    events.received("t1", queue="retries", retries=1)
+    events.send("task-started", "t1")
+    events.send("task-retried", "t1")
+    events.send("task-succeeded", "t1", runtime=0.01)
+
+    first, second = counters(store), counters(store, ("app.add", HOST, "retries"))
+    assert (first[RETRIED], first[SUCCEEDED]) == (1, 0)
+    assert (second[RETRIED], second[SUCCEEDED]) == (0, 1)
+
+
+def test_an_attempt_that_raises_ignore_itself_counts_as_ignored(
+    events: Events, store: TaskStore, recorder: Recorder
+) -> None:
+    events.received("t1")
+    events.send("task-started", "t1")
+    recorder.record_ignored(HOST, "t1", replaced=False)
+
+    assert counters(store) == (1, 1, 0, 0, 0, 0, 0, 1)
+
+
+def test_an_ignore_of_a_task_never_received_is_dropped(
+    recorder: Recorder, store: TaskStore
+) -> None:
+    recorder.record_ignored(HOST, "t1", replaced=True)
+
+    assert store.versions() == []
+    assert recorder.stats.dropped == {DROP_UNKNOWN_TASK: 1}
+    assert recorder.stats.received == 0
 
 
 def test_the_same_task_id_on_two_workers_is_two_tasks(store: TaskStore) -> None:
@@ -153,7 +246,7 @@ def test_a_task_revoked_before_it_started_counts_as_revoked(
     events.received("t1", eta="2030-01-01T00:00:00+00:00")
     events.send("task-revoked", "t1", terminated=False, expired=False)
 
-    assert counters(store) == (1, 0, 0, 0, 1, 0)
+    assert counters(store) == (1, 0, 0, 0, 1, 0, 0, 0)
 
 
 def test_a_task_named_by_the_worker_counts_even_if_never_received(
@@ -189,7 +282,7 @@ def test_a_cancelled_task_is_forgotten_and_counted_again_when_redelivered(
     events.send("task-started", "t1")
     events.send("task-succeeded", "t1", runtime=0.2)
 
-    assert counters(store) == (2, 2, 1, 0, 0, 0)
+    assert counters(store) == (2, 2, 1, 0, 0, 0, 0, 0)
     assert recorder.stats.dropped == {}
 
 

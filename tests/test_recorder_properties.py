@@ -65,6 +65,7 @@ plausible_events = st.fixed_dictionaries(
         "exception_type": texts,
         "sent_at": numbers,
         "eta": st.one_of(st.none(), texts, numbers),
+        "retries": st.one_of(st.integers(min_value=0, max_value=3), scalars),
     },
 )
 # Anything at all, including values that are not events.
@@ -84,6 +85,7 @@ arbitrary_events = st.one_of(
             "exception_type": values,
             "sent_at": values,
             "eta": values,
+            "retries": values,
         },
     ),
     values,

@@ -26,8 +26,9 @@ from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
 from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
 from celery_prom.config import ConfigError, OptionError, WorkerSettings
 from celery_prom.endpoint import MetricsEndpoint
+from celery_prom.endpoint_extras import EndpointExtras, offer
 from celery_prom.faults import ContainedCollector, Faults
-from celery_prom.http import Endpoint, HealthReport, MetricsServer, PortInUse
+from celery_prom.http import Endpoint, HealthReport, MetricsServer, serve_first_free
 from celery_prom.multiprocess import (
     MultiprocessMetrics,
     SetupError,
@@ -101,12 +102,15 @@ class WorkerMetrics:
         self.recorder = self.endpoint.recorder
         self.invalid_messages = MessageTally()
         self.pool_processes = PoolProcesses(worker, hostname, faults)
+        #: What parts beside the worker's steps serve here (an embedded beat's metrics).
+        self.extras = EndpointExtras(faults)
         for collector in (
             WorkerStateCollector(worker, hostname, self.invalid_messages),
             self.pool_processes,
             self.recorder,
             LabelOverflowCollector(self.endpoint.store),
             user_metrics,
+            self.extras,
         ):
             self.endpoint.registry.register(ContainedCollector(collector, faults))
         self.endpoint.registry.register(faults)
@@ -179,8 +183,9 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         setattr(w, METRICS_ATTRIBUTE, worker_metrics)
         self.pool_processes = worker_metrics.pool_processes
         self.pool_processes.connect()  # before the Pool step creates the pool's children
+        offer(w, worker_metrics.extras)
         w.app.steps["consumer"].add(TaskEventTap)
-        self.server = bind_first_free(
+        self.server = _bind(
             settings,
             web_config,
             Endpoint(
@@ -249,18 +254,10 @@ def _web_config(settings: WorkerSettings) -> WebConfigFile | None:
         raise OptionError(f"celery-prom: {exc}") from None
 
 
-def bind_first_free(
+def _bind(
     settings: WorkerSettings, web_config: WebConfigFile | None, endpoint: Endpoint
 ) -> MetricsServer:
-    """A server on the first free port of ``settings.ports``; else a one-line refusal."""
-    for port in settings.ports:
-        try:
-            return MetricsServer(settings.host, port, endpoint, web_config)
-        except PortInUse as exc:
-            if settings.ports.first == settings.ports.last:
-                raise click.ClickException(f"celery-prom: {exc.strerror}") from None
-        except OSError as exc:
-            raise click.ClickException(f"celery-prom: {exc.strerror}") from None
-    raise click.ClickException(
-        f"celery-prom: every port of {settings.ports} on {settings.host} is already in use"
-    )
+    try:
+        return serve_first_free(settings.host, settings.ports, endpoint, web_config)
+    except OSError as exc:
+        raise click.ClickException(f"celery-prom: {exc.strerror}") from None

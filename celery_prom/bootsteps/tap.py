@@ -9,10 +9,14 @@ Three things the events themselves do not say are filled in here:
 
 * the queue and publish time of a message, read from the message while the consumer
   handles it (``ArrivalLog``);
-* the real exception class of failures reported by the main process (lost pool children,
-  hard time limits), whose event text only shows billiard's wrapper (``FailureLog``);
+* the real exception class of failures, whose event text is only a ``repr`` (``FailureLog``):
+  read from the pool's result by ``results.ResultWatch``, or from ``task_failure`` for
+  failures the main process detects itself (lost pool children, hard time limits);
 * task names for tasks that end without being received (revoked on arrival, unregistered
   names), again from the message being handled.
+
+``ResultWatch`` also reports the attempts that end by raising ``Ignore`` (as
+``Task.replace`` makes them), which no event reports at all.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import celery
@@ -30,6 +35,7 @@ from celery import bootsteps, signals
 from celery.worker import state as worker_state
 
 from celery_prom import faults
+from celery_prom.bootsteps.results import ResultWatch
 from celery_prom.bootsteps.worker_state import (
     INVALID_TASK,
     INVALID_UNDECODABLE,
@@ -104,7 +110,7 @@ def _arrival_of(message: Any) -> tuple[str | None, Arrival]:
 
 
 class FailureLog:
-    """Exception class names of failures the main process saw, until their event arrives."""
+    """Exception class names of failures, until their ``task-failed`` event arrives."""
 
     def __init__(self) -> None:
         self._names: OrderedDict[object, str] = OrderedDict()
@@ -238,6 +244,7 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
         self.failures = FailureLog()
         self._main_pid = os.getpid()
         self._tap: EventTap | None = None
+        self._result_watch: ResultWatch | None = None
         self._consumer_overrides: dict[str, Any] = {}
         super().__init__(c, **kwargs)
 
@@ -283,6 +290,13 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
             name: c.__dict__.get(name) for name in ("create_task_handler", "on_decode_error")
         }
         c.event_dispatcher = tap
+        # Before the strategies are rebuilt: their requests take the pool's apply_async then.
+        self._result_watch = ResultWatch(
+            self.failures.add,
+            partial(self.metrics.recorder.record_ignored, c.hostname),
+            self.faults,
+        )
+        self._result_watch.install(c.pool)
         c.update_strategies()
         # Requests that outlived a reconnect still point at the dispatcher they had (on
         # Celery < 5.7, ETA requests not yet due keep the previous tap, which records too).
@@ -306,6 +320,9 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
             else:
                 setattr(c, name, previous)
         self._consumer_overrides = {}
+        if self._result_watch is not None:
+            self._result_watch.uninstall()
+            self._result_watch = None
         tap, self._tap = self._tap, None
         if tap is not None and c.event_dispatcher is tap:
             c.event_dispatcher = tap.dispatcher

@@ -14,24 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import click
 import pytest
 
-from celery_prom.bootsteps.server import bind_first_free
-from celery_prom.config import Ports, WorkerSettings
-from celery_prom.http import Endpoint, HealthReport
 from tests.bootsteps.test_tap import MIX_EXPECTED, assert_counts, run_mix
 from tests.certs import make_pki
 from tests.support import (
-    REPO,
     Broker,
     RedisServer,
-    app_env,
     free_port,
     free_port_range,
     http_get,
     listening,
     promtool_check_metrics,
+    run_refused,
     running_worker,
     unique,
     wait_for,
@@ -46,15 +41,8 @@ def run_worker_command(
 ) -> subprocess.CompletedProcess[str]:
     """A worker that is expected to refuse to start."""
     queue = unique("q")
-    return subprocess.run(
-        worker_command(queue, name=unique("w"), pool="solo", concurrency=1, extra_args=args),
-        cwd=REPO,
-        env=app_env(broker, queue, **(env or {})),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    command = worker_command(queue, name=unique("w"), pool="solo", concurrency=1, extra_args=args)
+    return run_refused(broker, command, queue, env)
 
 
 def our_lines(output: str) -> list[str]:
@@ -96,21 +84,6 @@ def test_a_range_without_a_free_port_stops_the_worker_with_one_line(redis_broker
     assert our_lines(result.stdout + result.stderr) == [
         f"Error: celery-prom: every port of {ports[0]}-{ports[-1]} on 127.0.0.1 is already in use"
     ]
-
-
-def test_a_range_binds_its_first_free_port() -> None:
-    ports = free_port_range(3)
-    endpoint = Endpoint("test", lambda accept: (b"", "text/plain"), lambda: HealthReport(True))
-    settings = WorkerSettings(ports=Ports(ports[0], ports[-1]), host="127.0.0.1")
-    with listening(ports[:1]):
-        servers = [bind_first_free(settings, None, endpoint) for _ in ports[1:]]
-        try:
-            assert [server.port for server in servers] == list(ports[1:])
-            with pytest.raises(click.ClickException, match="every port of"):
-                bind_first_free(settings, None, endpoint)
-        finally:
-            for server in servers:
-                server.stop()
 
 
 SECRET_URL = "redis://:Sentinel-p4ss-0c1d@127.0.0.1:1/0"

@@ -74,6 +74,9 @@ class Recorder:
             raise self._error
         self.events.append({"hostname": hostname, **fields_of(event)})
 
+    def record_ignored(self, hostname: str, uuid: str, replaced: bool) -> None:
+        self._journal.append(f"ignored {uuid} replaced={replaced}")
+
 
 class Dispatcher:
     """The worker's event dispatcher: what it was asked to publish."""
@@ -410,6 +413,7 @@ class Consumer:
         if metrics is not None:
             setattr(self.controller, METRICS_ATTRIBUTE, metrics)
         self.dispatcher = self.event_dispatcher = Dispatcher([])
+        self.pool = Pool()
         self.strategies_built_with: list[Any] = []
         self.decode_errors: list[Any] = []
         self._failing_updates = failing_updates
@@ -429,6 +433,13 @@ class Consumer:
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         self.decode_errors.append(message)
+
+
+class Pool:
+    """The worker's pool: the tap reads each result it hands back through apply_async."""
+
+    def apply_async(self, target: Any, *args: Any, **options: Any) -> None:
+        return None
 
 
 class ConsumerOfAnotherCelery(Consumer):
@@ -548,6 +559,7 @@ def test_stop_gives_the_consumer_back_what_start_replaced(
     assert consumer.event_dispatcher is consumer.dispatcher
     assert "create_task_handler" not in vars(consumer)
     assert "on_decode_error" not in vars(consumer)
+    assert "apply_async" not in vars(consumer.pool)
     assert not signals_reach(step)
     signals.task_rejected.send(sender=None, message=Message({}), exc=None)
     assert metrics.invalid_messages.items() == []

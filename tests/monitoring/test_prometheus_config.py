@@ -34,12 +34,12 @@ def test_promtool_accepts_the_config(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_scrapes_workers_and_exporter_every_15s(name: str) -> None:
+def test_config_scrapes_workers_exporter_and_beat_every_15s(name: str) -> None:
     config = load_yaml(MONITORING / name)
     assert config["global"]["scrape_interval"] == "15s"
     assert config["global"]["evaluation_interval"] == "15s"
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"celery-worker", "celery-exporter"}
+    assert set(jobs) == {"celery-worker", "celery-exporter", "celery-beat"}
     assert jobs["celery-worker"]["file_sd_configs"][0]["files"] == ["targets/celery-workers*.json"]
     assert {f"rules/{path.name}" for path in RULE_FILES} <= set(config["rule_files"])
     assert config["alerting"]["alertmanagers"]
