@@ -38,7 +38,13 @@ from celery_prom.store import (
     SeriesKey,
     TaskStore,
 )
-from celery_prom.task_event import DROP_UNKNOWN_TYPE, TASK_IGNORED, TASK_REPLACED, TaskEvent
+from celery_prom.task_event import (
+    DROP_UNKNOWN_TYPE,
+    TASK_IGNORED,
+    TASK_REPLACED,
+    InvalidEvent,
+    TaskEvent,
+)
 
 # Why an event was not counted, beyond what its fields tell (celery_prom.task_event):
 DROP_UNKNOWN_TASK = "unknown_task"  # refers to a task whose task-received was never seen
@@ -55,14 +61,6 @@ _SIMPLE_COUNTERS: Mapping[str, int] = {
     TASK_REPLACED: REPLACED,
     TASK_IGNORED: IGNORED,
 }
-
-
-class _Unusable(Exception):
-    """An event the history of its task leaves nothing to count for; ``reason`` labels it."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -153,10 +151,10 @@ class Recorder:
             handler = self._handlers.get(event.type)
             try:
                 if handler is None:
-                    raise _Unusable(DROP_UNKNOWN_TYPE)
+                    raise InvalidEvent(DROP_UNKNOWN_TYPE)
                 handler((event.hostname, event.uuid), event)
-            except _Unusable as unusable:
-                self.stats.drop(unusable.reason)
+            except InvalidEvent as invalid:
+                self.stats.drop(invalid.reason)
 
     def count_invalid(self, reason: str) -> None:
         """An event received that no ``TaskEvent`` could be built from (``InvalidEvent``)."""
@@ -196,7 +194,7 @@ class Recorder:
     def _on_started(self, task: tuple[str, str], event: TaskEvent) -> None:
         attempt = self._first_waiting(task)
         if attempt is None:
-            raise _Unusable(DROP_UNKNOWN_TASK)
+            raise InvalidEvent(DROP_UNKNOWN_TASK)
         wait = None
         if attempt.ready_at is not None and event.timestamp is not None:
             wait = max(0.0, event.timestamp - attempt.ready_at)
@@ -268,7 +266,7 @@ class Recorder:
             # e.g. a hard time limit reports task-failed twice for one execution, while
             # Reject(requeue=False) legitimately reports task-failed and task-rejected.
             if outcome in finished.outcomes:
-                raise _Unusable(DROP_DUPLICATE)
+                raise InvalidEvent(DROP_DUPLICATE)
             finished.outcomes.add(outcome)
             return finished.key
         # The worker tap names tasks that were never received (revoked on arrival,
@@ -295,7 +293,7 @@ def _series_key(event: TaskEvent) -> SeriesKey:
     """The labels of an event's task; an event that does not name its task is of a task
     that cannot be known."""
     if event.name is None:
-        raise _Unusable(DROP_UNKNOWN_TASK)
+        raise InvalidEvent(DROP_UNKNOWN_TASK)
     return event.name, event.hostname, event.queue
 
 

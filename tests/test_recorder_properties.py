@@ -17,21 +17,16 @@ from celery_prom.exposition import TaskExposition
 from celery_prom.metrics import LabelLimits
 from celery_prom.recorder import Recorder
 from celery_prom.store import TaskStore
-from celery_prom.task_event import DROP_MALFORMED, InvalidEvent, parse_task_event
+from celery_prom.task_event import (
+    CELERY_TASK_EVENTS,
+    DROP_MALFORMED,
+    NOT_COUNTED,
+    InvalidEvent,
+    parse_task_event,
+)
 from tests.support import promtool_check_metrics
 
-EVENT_TYPES = [
-    "task-received",
-    "task-started",
-    "task-succeeded",
-    "task-failed",
-    "task-retried",
-    "task-revoked",
-    "task-rejected",
-    "task-cancelled",
-    "task-sent",
-    "worker-heartbeat",
-]
+EVENT_TYPES = [*sorted(CELERY_TASK_EVENTS | NOT_COUNTED), "worker-heartbeat"]
 # Text that stresses rendering: quotes, backslashes, newlines, lone surrogates, long values.
 texts = st.one_of(
     st.sampled_from(["celery@a", "celery@b", "t1", "t2", "app.add", "q", "", 'a"b\\c\nd']),
