@@ -80,7 +80,7 @@ class TaskEvent:
     #: is later), and how many times it was retried before.
     ready_at: float | None = None
     retries: int = 0
-    #: ``task-started``: when it started.
+    #: ``task-started``: when it started, if the event says so usably.
     timestamp: float | None = None
     #: ``task-succeeded``: how long it ran.
     runtime: float | None = None
@@ -111,7 +111,7 @@ def parse_task_event(event: Mapping[str, Any], queue: str = DEFAULT_QUEUE) -> Ta
         parsed.ready_at = ready_at(event.get("sent_at"), _kombu_datetime(event.get("eta")))
         parsed.retries = retry_count(event.get("retries"))
     elif event_type == "task-started":
-        parsed.timestamp = optional_number(event.get("timestamp"))
+        parsed.timestamp = _start_time(event.get("timestamp"))
     elif event_type == "task-succeeded":
         parsed.runtime = optional_number(event.get("runtime"))
     elif event_type == "task-failed":
@@ -195,6 +195,15 @@ def exception_class_name(text: str) -> str:
         return UNKNOWN_EXCEPTION
     name = match.group(1).rpartition(".")[2]
     return UNKNOWN_EXCEPTION if name in _OPAQUE_WRAPPERS else name
+
+
+def _start_time(value: object) -> float | None:
+    # A task whose start time is unusable still started: it is counted (or, never received,
+    # dropped as unknown), only its queue wait goes unmeasured.
+    try:
+        return optional_number(value)
+    except InvalidEvent:
+        return None
 
 
 def _kombu_datetime(value: object) -> object:

@@ -76,6 +76,13 @@ def test_each_type_keeps_the_fields_the_recorder_uses(
     )
 
 
+@pytest.mark.parametrize("timestamp", ["soon", True, float("nan"), None])
+def test_a_start_without_a_usable_time_is_a_start_all_the_same(timestamp: object) -> None:
+    assert parse_task_event(task_event("task-started", timestamp=timestamp)) == TaskEvent(
+        "task-started", "t1", HOST
+    )
+
+
 def test_task_sent_is_no_event_to_count() -> None:
     assert parse_task_event({"type": "task-sent"}) is None
 
@@ -113,7 +120,6 @@ def test_an_eta_in_kombu_json_encoding_is_read() -> None:
         (task_event("task-received", name="a", sent_at=float("nan")), DROP_INVALID_FIELD),
         (task_event("task-received", name="a", sent_at=1.0, eta="soon"), DROP_INVALID_FIELD),
         (task_event("task-received", name="a", sent_at=1.0, eta=["x"]), DROP_INVALID_FIELD),
-        (task_event("task-started", timestamp=True), DROP_INVALID_FIELD),
         (task_event("task-succeeded", runtime="fast"), DROP_INVALID_FIELD),
         (task_event("task-succeeded", runtime=float("inf")), DROP_INVALID_FIELD),
         (task_event("task-revoked", name="a" * 300), DROP_INVALID_FIELD),
