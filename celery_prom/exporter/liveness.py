@@ -32,7 +32,13 @@ from celery_prom import metrics
 from celery_prom.config import ADDRESS_FIELD, Address
 from celery_prom.exporter.dropped import DROP_OFFLINE_WORKER, DROP_TOO_MANY_WORKERS
 from celery_prom.metrics import new_family
-from celery_prom.recorder import DROP_INVALID_FIELD, DROP_MALFORMED
+from celery_prom.task_event import (
+    DROP_INVALID_FIELD,
+    DROP_MALFORMED,
+    InvalidEvent,
+    label,
+    optional_number,
+)
 
 #: Purged workers remembered, so that their late events stay dropped.
 MAX_TOMBSTONES = 10_000
@@ -101,17 +107,16 @@ class WorkerLiveness:
         hostname = event.get("hostname")
         if not isinstance(hostname, str) or not hostname:
             return DROP_MALFORMED
-        if len(hostname) > metrics.MAX_LABEL_VALUE_LENGTH:
-            return DROP_INVALID_FIELD
         try:
-            sent_at = _optional_number(event, "timestamp")
+            label(hostname)
+            sent_at = optional_number(event.get("timestamp"))
             reported = _Reported(
                 active=_optional_count(event, "active"),
                 processed=_optional_count(event, "processed"),
                 address=_address(event),
             )
-        except ValueError:
-            return DROP_INVALID_FIELD
+        except InvalidEvent as invalid:
+            return invalid.reason
         event_type = event.get("type")
         with self._lock:
             if hostname in self._tombstones and not self._revives(hostname, event_type, sent_at):
@@ -238,15 +243,6 @@ class WorkerLiveness:
             self._tombstones.popitem(last=False)
 
 
-def _optional_number(event: Mapping[str, Any], name: str) -> float | None:
-    value = event.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(name)
-    return float(value)
-
-
 def _address(event: Mapping[str, Any]) -> str | None:
     """The worker's metrics address, when it sent a usable one: without it the worker is
     still alive, only not listed for discovery."""
@@ -264,5 +260,5 @@ def _optional_count(event: Mapping[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(name)
+        raise InvalidEvent(DROP_INVALID_FIELD)
     return value

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from celery_prom.recorder import RECORDED_MARK
+from celery_prom.task_event import RECORDED_MARK
 from tests.bootsteps.test_tap import MIX_EXPECTED, T, assert_counts, run_mix
 from tests.support import (
     Broker,

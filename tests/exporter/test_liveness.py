@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from celery_prom.exporter.liveness import Clock, WorkerLiveness
 from celery_prom.recorder import Recorder
 from celery_prom.store import TaskStore
+from celery_prom.task_event import TaskEvent
 from tests.exporter_process import RawEvents, event, hostname, plain_worker, running_exporter_for
 from tests.support import Broker, Scrape, WorkerProcess
 
@@ -246,14 +247,9 @@ def test_memory_stays_flat_while_thousands_of_workers_come_and_go() -> None:
             assert liveness.observe(heartbeat(host, clock.wall(), active=1)) is None
             for kind in ("task-received", "task-started", "task-succeeded"):
                 recorder.record(
-                    {
-                        "type": kind,
-                        "uuid": f"t{index}",
-                        "hostname": host,
-                        "timestamp": clock.wall(),
-                        "name": "app.add",
-                        "runtime": 0.1,
-                    }
+                    TaskEvent(
+                        kind, f"t{index}", host, "app.add", timestamp=clock.wall(), runtime=0.1
+                    )
                 )
         clock.now += 601
         purged = liveness.purge_offline()
