@@ -101,6 +101,8 @@ def _substitutions(names: Names) -> list[tuple[re.Pattern[str], Callable[[re.Mat
     target = names.exporter_address
     quoted = f'"{target}"' if target.startswith("[") else target
     substitutions.append((re.compile(rf"^(\s*- ){address}()$", re.M), keep_around(quoted)))
+    # The exporter's /sd/workers, in an http_sd_configs url.
+    substitutions.append((re.compile(rf"(//){address}(/)"), keep_around(target)))
     return substitutions
 
 

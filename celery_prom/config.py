@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -38,8 +38,6 @@ DEFAULT_EVENT_EXCHANGE = "celeryev"
 DEFAULT_LOG_LEVEL = "INFO"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-#: A worker endpoint's port: 0 turns the endpoint off.
-PORT = click.IntRange(0, 65535)
 #: A port that must be served on (the exporter's, the demo's).
 LISTEN_PORT = click.IntRange(1, 65535)
 COUNT = click.IntRange(min=1)
@@ -63,6 +61,11 @@ else:  # click 8.4 made ParamType generic; click 8.1 to 8.3 cannot subscript it
 # the last ``@`` of the word, so an unencoded ``@`` in a password is masked too. A word ends
 # at ``;``, which separates the URLs of a failover list; a password may hold a ``,``.
 _URL_CREDENTIALS = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s'";,]*):[^\s'";]*@""")
+
+
+#: The field of a worker's heartbeats (and its other worker events) that holds the address
+#: Prometheus scrapes it at: the worker step adds it, the exporter lists it on /sd/workers.
+ADDRESS_FIELD = "celery_prom_address"
 
 
 class ConfigError(ValueError):
@@ -209,8 +212,90 @@ class Address(_ParamType):
         if not separator or not host or not port.isdigit():
             self.fail(f"{value!r} is not host:port.", param, ctx)
         bare_host = Host().convert(host, param, ctx)
-        number = LISTEN_PORT.convert(int(port), param, ctx)
-        return f"[{bare_host}]:{number}" if ":" in bare_host else f"{bare_host}:{number}"
+        return join_host_port(bare_host, LISTEN_PORT.convert(int(port), param, ctx))
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A host, and the port to reach it on where one was given."""
+
+    host: str
+    port: int | None = None
+
+    def target(self, default_port: int) -> str:
+        """``host:port`` of a scrape target, with ``default_port`` if none was given."""
+        return join_host_port(self.host, default_port if self.port is None else self.port)
+
+
+class AdvertisedAddress(_ParamType):
+    """``host`` or ``host:port``: a bare IPv6 address is a host, and takes brackets when a
+    port follows (``[fd00::7]:9808``)."""
+
+    name = "host[:port]"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> HostPort:
+        if isinstance(value, HostPort):
+            return value
+        text = str(value).strip()
+        if text.startswith("["):
+            host, bracket, rest = text[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                self.fail(f"{value!r} is not host[:port].", param, ctx)
+            port = rest[1:] if rest else None
+        elif text.count(":") == 1:
+            host, _, port = text.partition(":")
+        else:
+            host, port = text, None
+        if port is not None and not port.isdigit():
+            self.fail(f"{value!r} is not host[:port].", param, ctx)
+        return HostPort(
+            Host().convert(host, param, ctx),
+            None if port is None else LISTEN_PORT.convert(int(port), param, ctx),
+        )
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The ports a worker's endpoint may take, the first free one of them; ``0`` alone
+    turns the endpoint off."""
+
+    first: int
+    last: int
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.first, self.last + 1))
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+class PortRange(_ParamType):
+    """A port, ``0`` to turn the endpoint off, or ``FIRST-LAST``, both within 1 to 65535."""
+
+    name = "port[-port]"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Ports:
+        if isinstance(value, Ports):
+            return value
+        found = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", str(value))
+        if isinstance(value, bool) or found is None:
+            self.fail(f"{value!r} is not a port or a range of ports like 9808-9827.", param, ctx)
+        if found.group(2) is None:
+            port = click.IntRange(0, 65535).convert(int(found.group(1)), param, ctx)
+            return Ports(port, port)
+        first, last = (LISTEN_PORT.convert(int(number), param, ctx) for number in found.groups())
+        if first > last:
+            self.fail(f"{value!r} is not a range of ports: {first} is above {last}.", param, ctx)
+        return Ports(first, last)
 
 
 class JobName(_ParamType):
@@ -322,16 +407,19 @@ class Buckets(_ParamType):
             self.fail(f"{exc}.", param, ctx)
 
 
-def worker_endpoint_settings(option: type[Setting] = Setting) -> list[Setting]:
-    """The worker endpoint's settings, named as ``celery worker``'s options."""
-    return [
+def worker_endpoint_settings(
+    option: type[Setting] = Setting, command: str = "worker"
+) -> list[Setting]:
+    """The endpoint's settings, named as ``celery worker``'s (and ``celery beat``'s)
+    options."""
+    settings = [
         option(
             "port",
             prefix="prom-",
-            type=PORT,
+            type=PortRange(),
             default=DEFAULT_PORT,
-            help="Port of the worker's /metrics endpoint; 0 turns metrics off. "
-            "App setting: celery_prom_port.",
+            help=f"Port of the {command}'s /metrics endpoint, or a range (9808-9827) to take "
+            "the first free port of; 0 turns metrics off. App setting: celery_prom_port.",
         ),
         option(
             "host",
@@ -348,6 +436,20 @@ def worker_endpoint_settings(option: type[Setting] = Setting) -> list[Setting]:
             "App setting: celery_prom_web_config.",
         ),
     ]
+    if command == "worker":  # beat sends no heartbeats to advertise its address in
+        settings.append(
+            option(
+                "advertise",
+                prefix="prom-",
+                type=AdvertisedAddress(),
+                show_default=False,
+                help="Address the exporter's /sd/workers gives Prometheus for this worker "
+                "(default: the --prom-host address when it is a specific one, else this "
+                "machine's fully qualified name; the port: the one served). "
+                "App setting: celery_prom_advertise.",
+            )
+        )
+    return settings
 
 
 def recording_options() -> list[Setting]:
@@ -452,8 +554,9 @@ def exporter_options() -> list[Setting]:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    port: int = DEFAULT_PORT
+    ports: Ports = Ports(DEFAULT_PORT, DEFAULT_PORT)
     host: str = DEFAULT_HOST
+    advertise: HostPort | None = None
     web_config: str | None = None
     runtime_buckets: tuple[float, ...] = metrics.DEFAULT_RUNTIME_BUCKETS
     queue_wait_buckets: tuple[float, ...] = metrics.DEFAULT_QUEUE_WAIT_BUCKETS
@@ -461,7 +564,7 @@ class WorkerSettings:
 
     @property
     def enabled(self) -> bool:
-        return self.port != 0
+        return self.ports.first != 0
 
     @classmethod
     def resolve(cls, app: Any, options: Mapping[str, Any]) -> WorkerSettings:
@@ -474,8 +577,9 @@ class WorkerSettings:
         settings = [*worker_endpoint_settings(), *recording_options()]
         values = resolve(settings, app, options)
         return cls(
-            port=values["prom_port"],
+            ports=values["prom_port"],
             host=values["prom_host"],
+            advertise=values["prom_advertise"],
             web_config=values["prom_web_config"],
             **recording_settings(values),
         )

@@ -1,9 +1,10 @@
-"""Errors of celery-prom's own parts inside a worker: contained, counted, logged once.
+"""Errors of celery-prom's own parts inside a worker or beat: contained, counted, logged once.
 
-A metrics plugin must never be the reason a worker stops or loses a task. Every place where
-celery-prom runs inside the worker (its steps starting, the tap's recording, signal
-receivers, scrapes, multiprocess compaction) reports what it raises here instead of letting
-it reach Celery; ``celery_prom_errors_total{component}`` and ``/health`` show it.
+A metrics plugin must never be the reason a worker stops or loses a task, nor the reason
+beat misses one. Every place where celery-prom runs inside the worker (its steps starting,
+the tap's recording, signal receivers, scrapes, multiprocess compaction) or beat (its
+scheduler hook) reports what it raises here instead of letting it reach Celery;
+``celery_prom_errors_total{component}`` and ``/health`` show it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ TAP = "tap"
 SIGNAL = "signal"
 SCRAPE = "scrape"
 MULTIPROCESS = "multiprocess"
+HEARTBEAT = "heartbeat"
+BEAT = "beat"
 
 
 def describe_error(error: BaseException) -> str:
@@ -54,8 +57,8 @@ class Faults:
             self._reasons[component] = reason
         if first:  # a failure repeated on every task would drown the worker's own log
             logger.error(
-                "celery-prom: %s failed (the worker goes on; later errors of this part are "
-                "only counted in celery_prom_errors_total): %s",
+                "celery-prom: %s failed (the worker or beat goes on; later errors of this part "
+                "are only counted in celery_prom_errors_total): %s",
                 component,
                 reason,
                 exc_info=error,
@@ -69,10 +72,24 @@ class Faults:
         except Exception as error:  # noqa: BLE001 - containing every error is the point
             self.record(component, error)
 
+    def mirror(self, component: str, count: int, reason: str | None) -> None:
+        """Take over the count and last reason of errors another process recorded (and
+        logged) for ``component``: an embedded beat's, for the worker it runs in."""
+        with self._lock:
+            if count > self._counts.get(component, 0):
+                self._counts[component] = count
+                if reason is not None:
+                    self._reasons[component] = reason
+
     def resolved(self, component: str) -> None:
         """``component`` works again (its count stays: it is a counter)."""
         with self._lock:
             self._reasons.pop(component, None)
+
+    def counts(self) -> dict[str, int]:
+        """How many errors each component that failed has had."""
+        with self._lock:
+            return dict(self._counts)
 
     def reasons(self) -> dict[str, str]:
         """The last error's reason of each component that failed."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from prometheus_client.exposition import gzip_accepted
 
+from celery_prom.config import Ports
 from celery_prom.webconfig import BasicAuth, WebConfig, WebConfigFile
 
 logger = logging.getLogger(__name__)
@@ -53,15 +54,17 @@ class HealthReport:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """What a server serves: the metrics body and the health report, both built per request.
+    """What a server serves: the metrics body, the health report and any further pages, all
+    built per request.
 
     ``render_metrics`` takes the scraper's ``Accept`` header and returns the body and its
-    content type.
+    content type; each of ``pages`` (by path) returns its body and content type.
     """
 
     title: str
     render_metrics: Callable[[str], tuple[bytes, str]]
     check_health: Callable[[], HealthReport]
+    pages: Mapping[str, Callable[[], tuple[bytes, str]]] = field(default_factory=dict)
 
 
 class MetricsServer:
@@ -128,6 +131,23 @@ class MetricsServer:
     def close_socket(self) -> None:
         """Close the listening socket without serving (a forked child's inherited copy)."""
         self._httpd.socket.close()
+
+
+def serve_first_free(
+    host: str, ports: Ports, endpoint: Endpoint, web_config: WebConfigFile | None = None
+) -> MetricsServer:
+    """A server on the first port of ``ports`` that is free.
+
+    Raises ``PortInUse`` when none is (naming the range, when it has several ports), or
+    ``OSError`` when ``host`` cannot be listened on.
+    """
+    for port in ports:
+        try:
+            return MetricsServer(host, port, endpoint, web_config)
+        except PortInUse:
+            if ports.first == ports.last:
+                raise
+    raise PortInUse(errno.EADDRINUSE, f"every port of {ports} on {host} is already in use")
 
 
 class _Server(ThreadingHTTPServer):
@@ -216,16 +236,27 @@ class _Handler(BaseHTTPRequestHandler):
             status, content_type, body = self._health()
         elif path == "/":
             status, content_type, body = self._landing_page()
+        elif path in self.server.endpoint.pages:
+            status, content_type, body = self._page(path)
         else:
             status, content_type, body = HTTPStatus.NOT_FOUND, "text/plain", b"not found\n"
         self._send(status, content_type, body, send_body=send_body, config=config)
 
     def _metrics(self) -> tuple[HTTPStatus, str, bytes]:
+        accept = self.headers.get("Accept", "")
+        return self._rendered("metrics", lambda: self.server.endpoint.render_metrics(accept))
+
+    def _page(self, path: str) -> tuple[HTTPStatus, str, bytes]:
+        return self._rendered(path, self.server.endpoint.pages[path])
+
+    def _rendered(
+        self, what: str, render: Callable[[], tuple[bytes, str]]
+    ) -> tuple[HTTPStatus, str, bytes]:
         try:
-            body, content_type = self.server.endpoint.render_metrics(self.headers.get("Accept", ""))
-        except Exception:  # a scrape gets an answer, never a dropped connection
-            logger.exception("celery-prom: rendering /metrics failed")
-            return HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"metrics unavailable\n"
+            body, content_type = render()
+        except Exception:  # a client gets an answer, never a dropped connection
+            logger.exception("celery-prom: rendering %s failed", what)
+            return HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", f"{what} unavailable\n".encode()
         return HTTPStatus.OK, content_type, body
 
     def _health(self) -> tuple[HTTPStatus, str, bytes]:
@@ -242,10 +273,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _landing_page(self) -> tuple[HTTPStatus, str, bytes]:
         title = html.escape(self.server.endpoint.title)
+        links = "".join(
+            f'<li><a href="{path}">{path}</a></li>'
+            for path in ("/metrics", "/health", *self.server.endpoint.pages)
+        )
         page = (
             f"<!doctype html><html><head><title>{title}</title></head><body>"
-            f'<h1>{title}</h1><ul><li><a href="/metrics">/metrics</a></li>'
-            '<li><a href="/health">/health</a></li></ul></body></html>\n'
+            f"<h1>{title}</h1><ul>{links}</ul></body></html>\n"
         )
         return HTTPStatus.OK, "text/html; charset=utf-8", page.encode("utf-8")
 

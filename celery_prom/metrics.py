@@ -40,6 +40,9 @@ class ServedBy(str, Enum):
     EXPORTER = "exporter"
     BOTH = "worker, exporter"
     PRODUCER = "producer"
+    #: ``celery beat``'s own endpoint, and the endpoint of a worker run with ``-B``.
+    BEAT = "beat"
+    WORKER_AND_BEAT = "worker, beat"
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,21 @@ TASK_REJECTED = Family(
     TASK_LABELS,
     ServedBy.BOTH,
 )
+TASK_REPLACED = Family(
+    "celery_task_replaced_total",
+    MetricType.COUNTER,
+    "Task executions that ended by Task.replace (the replacement counts as an execution "
+    "of its own, under its own name).",
+    TASK_LABELS,
+    ServedBy.BOTH,
+)
+TASK_IGNORED = Family(
+    "celery_task_ignored_total",
+    MetricType.COUNTER,
+    "Task executions that ended by raising Ignore, other than by Task.replace.",
+    TASK_LABELS,
+    ServedBy.BOTH,
+)
 TASK_RUNTIME = Family(
     "celery_task_runtime_seconds",
     MetricType.HISTOGRAM,
@@ -184,6 +202,8 @@ TASK_COUNTERS: tuple[Family, ...] = (
     TASK_RETRIED,
     TASK_REVOKED,
     TASK_REJECTED,
+    TASK_REPLACED,
+    TASK_IGNORED,
 )
 TASK_HISTOGRAMS: tuple[Family, ...] = (TASK_RUNTIME, TASK_QUEUE_WAIT)
 
@@ -363,10 +383,88 @@ LABEL_OVERFLOW = Family(
 PROM_ERRORS = Family(
     "celery_prom_errors_total",
     MetricType.COUNTER,
-    "Errors in celery-prom's own parts inside the worker, contained so the worker goes on "
-    "(component: startup, tap_install, tap, signal, scrape, multiprocess).",
+    "Errors in celery-prom's own parts inside the worker or beat, contained so the worker "
+    "or beat goes on (component: startup, tap_install, tap, signal, scrape, multiprocess, "
+    "heartbeat, beat).",
     ("component",),
-    ServedBy.WORKER,
+    ServedBy.WORKER_AND_BEAT,
+)
+
+# Beat sends a task within milliseconds of its due time while it keeps up; seconds to hours
+# late when it was stopped, hung or blocked on the broker.
+DEFAULT_BEAT_LATENESS_BUCKETS: tuple[float, ...] = (
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    15.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+
+BEAT_TASKS_SENT = Family(
+    "celery_beat_tasks_sent_total",
+    MetricType.COUNTER,
+    "Task messages beat sent for a schedule entry (entry = the schedule's key).",
+    ("entry", "name"),
+    ServedBy.BEAT,
+)
+BEAT_SEND_ERRORS = Family(
+    "celery_beat_send_errors_total",
+    MetricType.COUNTER,
+    "Times beat could not send an entry's task (such as the broker being down); beat goes on.",
+    ("entry", "name"),
+    ServedBy.BEAT,
+)
+BEAT_LATENESS = Family(
+    "celery_beat_lateness_seconds",
+    MetricType.HISTOGRAM,
+    "How long after its due time beat sent each task of the entry.",
+    ("entry",),
+    ServedBy.BEAT,
+    unit="seconds",
+)
+BEAT_NEXT_RUN = Family(
+    "celery_beat_next_run_timestamp_seconds",
+    MetricType.GAUGE,
+    "When the entry is due next (Unix time), as the scheduler plans it.",
+    ("entry",),
+    ServedBy.BEAT,
+    unit="seconds",
+)
+BEAT_LAST_RUN = Family(
+    "celery_beat_last_run_timestamp_seconds",
+    MetricType.GAUGE,
+    "When the entry last ran (Unix time), as the scheduler records it; absent until it ran.",
+    ("entry",),
+    ServedBy.BEAT,
+    unit="seconds",
+)
+BEAT_TICK = Family(
+    "celery_beat_tick_timestamp_seconds",
+    MetricType.GAUGE,
+    "When the scheduler last finished a tick (Unix time); absent until its first tick.",
+    (),
+    ServedBy.BEAT,
+    unit="seconds",
+)
+BEAT_ENTRIES = Family(
+    "celery_beat_entries",
+    MetricType.GAUGE,
+    "Entries in the schedule beat works from, as of the scheduler's last tick.",
+    (),
+    ServedBy.BEAT,
+)
+BEAT_INFO = Family(
+    "celery_beat_info",
+    MetricType.GAUGE,
+    "Always 1; the label names the scheduler class beat runs.",
+    ("scheduler",),
+    ServedBy.BEAT,
 )
 
 #: Value that replaces a label value once its cardinality cap is reached.
@@ -416,4 +514,12 @@ CATALOGUE: tuple[Family, ...] = (
     COLLECTOR_DURATION,
     LABEL_OVERFLOW,
     PROM_ERRORS,
+    BEAT_TASKS_SENT,
+    BEAT_SEND_ERRORS,
+    BEAT_LATENESS,
+    BEAT_NEXT_RUN,
+    BEAT_LAST_RUN,
+    BEAT_TICK,
+    BEAT_ENTRIES,
+    BEAT_INFO,
 )

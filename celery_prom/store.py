@@ -31,7 +31,9 @@ from celery_prom.metrics import (
 SeriesKey = tuple[str, str, str]
 
 #: Index of each outcome counter inside ``TaskSeries.counters``.
-RECEIVED, STARTED, SUCCEEDED, RETRIED, REVOKED, REJECTED = range(len(TASK_COUNTERS))
+RECEIVED, STARTED, SUCCEEDED, RETRIED, REVOKED, REJECTED, REPLACED, IGNORED = range(
+    len(TASK_COUNTERS)
+)
 
 
 class Histogram:
@@ -77,7 +79,7 @@ class SeriesSnapshot:
 
 
 @dataclass
-class _CappedValues:
+class CappedValues:
     """Distinct values seen for one label, admitted up to a cap."""
 
     cap: int
@@ -106,10 +108,10 @@ class TaskStore:
         self.runtime_bounds = bucket_bounds(runtime_buckets)
         self.queue_wait_bounds = bucket_bounds(queue_wait_buckets)
         limits = limits or LabelLimits()
-        self._names = _CappedValues(limits.task_names)
-        self._queues = _CappedValues(limits.queues)
-        self._hostnames = _CappedValues(limits.hostnames)
-        self._exceptions = _CappedValues(limits.exceptions)
+        self._names = CappedValues(limits.task_names)
+        self._queues = CappedValues(limits.queues)
+        self._hostnames = CappedValues(limits.hostnames)
+        self._exceptions = CappedValues(limits.exceptions)
         self._series: dict[SeriesKey, TaskSeries] = {}
         self._lock = threading.Lock()
 

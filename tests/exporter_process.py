@@ -11,7 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,25 @@ class ExporterProcess(ServingProcess):
             lambda s: s.value("celery_queue_length", queue_name=worker.queue) is not None,
             what=f"{worker.name}'s queue",
         )
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The target groups of ``/sd/workers``."""
+        self.assert_alive()
+        groups: list[dict[str, Any]] = json.loads(
+            http_get(f"http://127.0.0.1:{self.port}/sd/workers")
+        )
+        return groups
+
+    def wait_for_workers(
+        self, probe: Callable[[list[dict[str, Any]]], bool], what: str
+    ) -> list[dict[str, Any]]:
+        """``/sd/workers`` once ``probe`` accepts it (an empty list too)."""
+
+        def accepted() -> tuple[list[dict[str, Any]]] | None:
+            groups = self.workers()
+            return (groups,) if probe(groups) else None
+
+        return wait_for(accepted, what=what)[0]
 
     def health(self) -> tuple[int, dict[str, Any]]:
         try:

@@ -11,6 +11,7 @@ import abc
 import contextlib
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -78,6 +79,43 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: Where ``free_port_range`` looks: below Linux's ephemeral ports (32768 and up), which
+#: ``free_port`` and outgoing connections take theirs from.
+_RANGE_PORTS = (10000, 32000)
+
+
+def free_port_range(count: int) -> range:
+    """``count`` consecutive ports free on 127.0.0.1 right now, for a worker's port range."""
+
+    def free_from(first: int) -> range | None:
+        ports = range(first, first + count)
+        with contextlib.ExitStack() as held:
+            for port in ports:
+                sock = held.enter_context(socket.socket())
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    return None
+        return ports
+
+    low, high = _RANGE_PORTS
+    return wait_for(
+        lambda: free_from(random.randrange(low, high - count)),
+        what=f"{count} consecutive free ports",
+    )
+
+
+@contextlib.contextmanager
+def listening(ports: range) -> Iterator[None]:
+    """Sockets listening on 127.0.0.1 at each of ``ports``, held by this process."""
+    with contextlib.ExitStack() as held:
+        for port in ports:
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        yield
 
 
 def unique(prefix: str) -> str:
@@ -208,6 +246,12 @@ class ServingProcess(abc.ABC):
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def logged_port(self) -> int | None:
+        """The port its log says celery-prom serves on."""
+        self.assert_alive()
+        found = re.search(r"celery-prom: serving http://\S+:(\d+)/metrics", self.output())
+        return int(found.group(1)) if found else None
+
     def stop(self, timeout: float = 30.0) -> int:
         return stop_process(self.process, timeout)
 
@@ -233,6 +277,10 @@ class WorkerProcess(ServingProcess):
     def is_ready(self) -> bool:
         self.assert_alive()
         return "ready." in self.output()
+
+    def wait_until_ready(self) -> None:
+        """Until it answers and says it is ready; else it is stopped."""
+        _wait_until_ready(self, self.is_ready)
 
 
 def app_env(broker: Broker, queue: str, **extra: str) -> dict[str, str]:
@@ -305,16 +353,16 @@ def start_worker(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     queue: str | None = None,
-    port: int | None = None,
+    port: int | range | None = None,
     wait: bool = True,
     app_module: str = "cptest_tasks",
     cwd: Path = REPO,
 ) -> WorkerProcess:
-    """Start ``celery -A app_module worker`` in ``cwd`` (which is on its import path)."""
+    """Start ``celery -A app_module worker`` in ``cwd`` (which is on its import path), its
+    endpoint on ``port``, or on the first free port of a range of them."""
     queue = queue or unique("q")
     name = unique("w")
     port = free_port() if port is None else port
-    log = tmp_path / f"{name}.log"
     args = worker_command(
         queue,
         name=name,
@@ -323,26 +371,43 @@ def start_worker(
         app_module=app_module,
         extra_args=extra_args,
     )
-    # Through the environment, which works however the app added the bootstep.
-    worker_env = {"CELERY_PROM_PORT": str(port), "CELERY_PROM_HOST": "127.0.0.1", **(env or {})}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=app_env(broker, queue, **worker_env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    worker = WorkerProcess(port, process, log, name=name, queue=queue)
+    log = tmp_path / f"{name}.log"
+    process = _spawn(
+        args, app_env(broker, queue, **{**endpoint_env(port), **(env or {})}), log, cwd
+    )
+    # For a range, 0 until _wait_until_ready reads the port from the log.
+    known_port = 0 if isinstance(port, range) else port
+    worker = WorkerProcess(known_port, process, log, name=name, queue=queue)
     if wait:
-        try:
-            worker.wait_for_scrape(lambda s: True, what="the endpoint to answer")
-            wait_for(worker.is_ready, what=f"{name} to be ready")
-        except BaseException:
-            # The caller never gets the worker, so nobody else could stop it.
-            worker.stop()
-            raise
+        worker.wait_until_ready()
     return worker
+
+
+def endpoint_env(port: int | range) -> dict[str, str]:
+    """celery-prom's endpoint on 127.0.0.1:``port`` (or the first free port of a range),
+    through the environment, which works however the app added celery-prom."""
+    setting = f"{port.start}-{port.stop - 1}" if isinstance(port, range) else str(port)
+    return {"CELERY_PROM_PORT": setting, "CELERY_PROM_HOST": "127.0.0.1"}
+
+
+def _spawn(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_until_ready(process: ServingProcess, ready: Callable[[], bool]) -> None:
+    """Until its endpoint answers (on the port its log names, when it was given a range) and
+    ``ready()``; else it is stopped (the caller never gets it, so nobody else could stop it)."""
+    try:
+        if not process.port:
+            process.port = wait_for(process.logged_port, what=f"{process.title}'s port")
+        process.wait_for_scrape(lambda s: True, what="the endpoint to answer")
+        wait_for(ready, what=f"{process.title} to be ready")
+    except BaseException:
+        process.stop()
+        raise
 
 
 @contextlib.contextmanager
@@ -352,6 +417,116 @@ def running_worker(*args: Any, **kwargs: Any) -> Iterator[WorkerProcess]:
         yield worker
     finally:
         worker.stop()
+
+
+@dataclass
+class BeatProcess(ServingProcess):
+    """A ``celery beat`` subprocess of the beat test app (``tests/apps/cptest_beat.py``)."""
+
+    name: str
+    queue: str
+
+    @property
+    def title(self) -> str:
+        return f"beat {self.name}"
+
+    def scrape(self) -> Scrape:
+        return scrape(self.port)
+
+
+def beat_command(schedule_file: Path, *extra_args: str, loglevel: str = "INFO") -> list[str]:
+    """``celery -A cptest_beat beat`` keeping its state in ``schedule_file``."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "cptest_beat",
+        "beat",
+        "-s",
+        str(schedule_file),
+        f"--loglevel={loglevel}",
+        *extra_args,
+    ]
+
+
+def start_beat(
+    broker: Broker,
+    tmp_path: Path,
+    schedule: dict[str, float | str],
+    *,
+    queue: str | None = None,
+    env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+    schedule_file: Path | None = None,
+    wait: bool = True,
+) -> BeatProcess:
+    """Start beat sending ``schedule``'s entries to ``queue``, keeping its state in
+    ``schedule_file`` (a new file unless given)."""
+    queue = queue or unique("q")
+    name = unique("beat")
+    port = free_port()
+    args = beat_command(schedule_file or tmp_path / f"{name}-schedule", *extra_args)
+    beat_env = {**endpoint_env(port), "CPTEST_BEAT_SCHEDULE": json.dumps(schedule), **(env or {})}
+    log = tmp_path / f"{name}.log"
+    beat = BeatProcess(
+        port, _spawn(args, app_env(broker, queue, **beat_env), log), log, name, queue
+    )
+    if wait:
+        _wait_until_ready(beat, lambda: True)
+    return beat
+
+
+@contextlib.contextmanager
+def running_beat(*args: Any, **kwargs: Any) -> Iterator[BeatProcess]:
+    beat = start_beat(*args, **kwargs)
+    try:
+        yield beat
+    finally:
+        beat.stop()
+
+
+def redis_queue_length(broker: Broker, queue: str) -> int:
+    """Messages waiting in ``queue`` on a Redis broker (its key under the broker's prefix)."""
+    client = redis.Redis.from_url(broker.url)
+    try:
+        return int(client.llen(broker.transport_options.get("global_keyprefix", "") + queue))
+    finally:
+        client.close()
+
+
+def wait_for_sends_to_match_the_broker(
+    beat: BeatProcess, broker: Broker, already: float = 0.0
+) -> Scrape:
+    """A scrape whose sends (beyond ``already``) equal the messages in beat's queue.
+
+    Beat counts a send once the broker took it, so between two sends the two agree.
+    """
+
+    def agreeing() -> Scrape | None:
+        before = redis_queue_length(broker, beat.queue)
+        scrape = beat.scrape()
+        after = redis_queue_length(broker, beat.queue)
+        sent = scrape.total("celery_beat_tasks_sent_total") - already
+        return scrape if before == after == sent else None
+
+    return wait_for(agreeing, what=f"{beat.title}'s sends to match the broker's messages")
+
+
+def run_refused(
+    broker: Broker, command: list[str], queue: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A command of a test app consuming or sending to ``queue``, expected to refuse to
+    start."""
+    return subprocess.run(
+        command,
+        cwd=REPO,
+        env=app_env(broker, queue, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def load_test_app(broker: Broker, queue: str) -> Any:

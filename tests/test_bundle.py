@@ -50,8 +50,8 @@ RENAMED_LINES = [
     ),
     (
         "kubernetes/prometheusrule.yaml",
-        '      expr: up{job=~"celery-.*", job!="celery-worker"} == 0',
-        '      expr: up{job=~"celery-.*|broker-watch", job!="workers"} == 0',
+        '      expr: up{job=~"celery-.*", job!="celery-worker", job!="celery-beat"} == 0',
+        '      expr: up{job=~"celery-.*|broker-watch", job!="workers", job!="celery-beat"} == 0',
     ),
     (
         "kubernetes/worker-podmonitor.yaml",
@@ -66,6 +66,11 @@ RENAMED_LINES = [
         "          - exporter.internal:9100",
     ),
     ("prometheus.yml", "  - job_name: celery-worker", "  - job_name: workers"),
+    (
+        "prometheus.yml",
+        "    #   - url: http://celery-exporter:9808/sd/workers",
+        "    #   - url: http://exporter.internal:9100/sd/workers",
+    ),
     ("prometheus.yml", "  - job_name: celery-exporter", "  - job_name: broker-watch"),
     ("prometheus.yml", "          - celery-exporter:9808", "          - exporter.internal:9100"),
     (
@@ -75,8 +80,8 @@ RENAMED_LINES = [
     ),
     (
         "rules/celery-alerts.yml",
-        '        expr: up{job=~"celery-.*", job!="celery-worker"} == 0',
-        '        expr: up{job=~"celery-.*|broker-watch", job!="workers"} == 0',
+        '        expr: up{job=~"celery-.*", job!="celery-worker", job!="celery-beat"} == 0',
+        '        expr: up{job=~"celery-.*|broker-watch", job!="workers", job!="celery-beat"} == 0',
     ),
 ]
 
@@ -133,12 +138,18 @@ def test_export_with_names_changes_exactly_the_lines_that_name_them(tmp_path: Pa
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_a_bracketed_ipv6_exporter_address_stays_a_yaml_string() -> None:
+def test_a_bracketed_ipv6_exporter_address_stays_a_yaml_string_and_a_url_host() -> None:
     renamed = rename(
         "    - targets:\n        - celery-exporter:9808\n", Names(exporter_address="[::1]:9808")
     )
 
     assert renamed == '    - targets:\n        - "[::1]:9808"\n'
+    assert (
+        rename(
+            "  - url: http://celery-exporter:9808/sd/workers", Names(exporter_address="[::1]:9808")
+        )
+        == "  - url: http://[::1]:9808/sd/workers"
+    )
 
 
 def test_an_exporter_job_named_celery_something_keeps_the_scrape_target_alert() -> None:

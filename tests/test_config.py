@@ -15,12 +15,16 @@ from celery import Celery
 
 from celery_prom.config import (
     Address,
+    AdvertisedAddress,
     Buckets,
     ConfigError,
     ExporterSettings,
     Host,
+    HostPort,
     JobName,
     MaskingFormatter,
+    PortRange,
+    Ports,
     QueueNames,
     SslOption,
     TransportOption,
@@ -51,12 +55,13 @@ def worker(cli: dict[str, Any] | None = None, **conf: Any) -> WorkerSettings:
 def test_worker_defaults() -> None:
     settings = worker()
 
-    assert (settings.port, settings.host, settings.web_config, settings.enabled) == (
-        9808,
-        "0.0.0.0",
-        None,
-        True,
-    )
+    assert (
+        settings.ports,
+        settings.host,
+        settings.advertise,
+        settings.web_config,
+        settings.enabled,
+    ) == (Ports(9808, 9808), "0.0.0.0", None, None, True)
     assert settings.runtime_buckets == DEFAULT_RUNTIME_BUCKETS
     assert settings.limits == LabelLimits()
 
@@ -66,11 +71,19 @@ def test_worker_command_line_beats_environment_beats_app_conf(
 ) -> None:
     conf = {"celery_prom_port": 1000, "celery_prom_host": "10.0.0.1"}
 
-    assert worker(**conf).port == 1000
-    monkeypatch.setenv("CELERY_PROM_PORT", "2000")
-    assert worker(**conf).port == 2000
-    assert worker({"prom_port": 3000}, **conf).port == 3000
+    assert worker(**conf).ports == Ports(1000, 1000)
+    monkeypatch.setenv("CELERY_PROM_PORT", "2000-2009")
+    assert worker(**conf).ports == Ports(2000, 2009)
+    assert worker({"prom_port": Ports(3000, 3000)}, **conf).ports == Ports(3000, 3000)
     assert worker({"prom_port": None}, **conf).host == "10.0.0.1"
+
+
+def test_the_advertised_address_comes_from_the_environment_or_app_conf(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert worker(celery_prom_advertise="w1.internal").advertise == HostPort("w1.internal")
+    monkeypatch.setenv("CELERY_PROM_ADVERTISE", "[fd00::7]:9900")
+    assert worker(celery_prom_advertise="w1.internal").advertise == HostPort("fd00::7", 9900)
 
 
 def test_worker_buckets_and_caps_come_from_the_environment_and_app_conf(
@@ -98,7 +111,7 @@ def test_port_zero_turns_metrics_off(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CELERY_PROM_PORT", "")
 
-    assert worker(celery_prom_port=1234).port == 1234
+    assert worker(celery_prom_port=1234).ports == Ports(1234, 1234)
 
 
 @pytest.mark.parametrize(
@@ -112,7 +125,19 @@ def test_an_empty_environment_variable_counts_as_unset(monkeypatch: pytest.Monke
         (
             {},
             {"celery_prom_port": "abc"},
-            "Invalid value for 'app.conf.celery_prom_port': 'abc' is not a valid integer range.",
+            "Invalid value for 'app.conf.celery_prom_port': 'abc' is not a port or a range of "
+            "ports like 9808-9827.",
+        ),
+        (
+            {"CELERY_PROM_PORT": "9827-9808"},
+            {},
+            "Invalid value for 'CELERY_PROM_PORT': '9827-9808' is not a range of ports: 9827 is "
+            "above 9808.",
+        ),
+        (
+            {},
+            {"celery_prom_advertise": "w1:http"},
+            "Invalid value for 'app.conf.celery_prom_advertise': 'w1:http' is not host[:port].",
         ),
         (
             {"CELERY_PROM_HOST": "not a host!"},
@@ -194,18 +219,72 @@ def test_addresses(value: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "message"),
+    ("value", "expected"),
     [
-        ("exporter", "'exporter' is not host:port."),
-        (":9808", "':9808' is not host:port."),
-        ("exporter:http", "'exporter:http' is not host:port."),
-        ("exporter:0", "0 is not in the range 1<=x<=65535."),
-        ("bad host:9808", "'bad host' is not a host name or IP address."),
+        (9808, Ports(9808, 9808)),
+        ("0", Ports(0, 0)),
+        ("9808-9827", Ports(9808, 9827)),
+        (" 9808 - 9808 ", Ports(9808, 9808)),
+        ("1-65535", Ports(1, 65535)),
     ],
 )
-def test_unusable_addresses_are_refused(value: str, message: str) -> None:
+def test_ports_and_ranges(value: object, expected: Ports) -> None:
+    assert PortRange().convert(value, None, None) == expected
+
+
+def test_a_range_lists_its_ports_and_prints_as_given() -> None:
+    assert (list(Ports(9808, 9810)), str(Ports(9808, 9810)), str(Ports(9808, 9808))) == (
+        [9808, 9809, 9810],
+        "9808-9810",
+        "9808",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected", "target"),
+    [
+        ("w1.internal", HostPort("w1.internal"), "w1.internal:9808"),
+        ("w1.internal:9900", HostPort("w1.internal", 9900), "w1.internal:9900"),
+        ("10.0.0.7", HostPort("10.0.0.7"), "10.0.0.7:9808"),
+        ("fd00::7", HostPort("fd00::7"), "[fd00::7]:9808"),
+        ("[fd00::7]", HostPort("fd00::7"), "[fd00::7]:9808"),
+        ("[fd00::7]:9900", HostPort("fd00::7", 9900), "[fd00::7]:9900"),
+    ],
+)
+def test_advertised_addresses(value: str, expected: HostPort, target: str) -> None:
+    advertised = AdvertisedAddress().convert(value, None, None)
+    assert (advertised, advertised.target(9808)) == (expected, target)
+
+
+@pytest.mark.parametrize(
+    ("param_type", "value", "message"),
+    [
+        (Address(), "exporter", "'exporter' is not host:port."),
+        (Address(), ":9808", "':9808' is not host:port."),
+        (Address(), "exporter:http", "'exporter:http' is not host:port."),
+        (Address(), "exporter:0", "0 is not in the range 1<=x<=65535."),
+        (Address(), "bad host:9808", "'bad host' is not a host name or IP address."),
+        (PortRange(), "http", "'http' is not a port or a range of ports like 9808-9827."),
+        (PortRange(), -1, "-1 is not a port or a range of ports like 9808-9827."),
+        (PortRange(), "9808-", "'9808-' is not a port or a range of ports like 9808-9827."),
+        (PortRange(), True, "True is not a port or a range of ports like 9808-9827."),
+        (PortRange(), "65536", "65536 is not in the range 0<=x<=65535."),
+        (PortRange(), "0-9", "0 is not in the range 1<=x<=65535."),
+        (PortRange(), "9808-65536", "65536 is not in the range 1<=x<=65535."),
+        (PortRange(), "9809-9808", "'9809-9808' is not a range of ports: 9809 is above 9808."),
+        (AdvertisedAddress(), "w1:http", "'w1:http' is not host[:port]."),
+        (AdvertisedAddress(), "[fd00::7]9900", "'[fd00::7]9900' is not host[:port]."),
+        (AdvertisedAddress(), "[fd00::7", "'[fd00::7' is not host[:port]."),
+        (AdvertisedAddress(), "w1:0", "0 is not in the range 1<=x<=65535."),
+        (AdvertisedAddress(), ":9900", "expected a host name or IP address."),
+        (AdvertisedAddress(), "bad host", "'bad host' is not a host name or IP address."),
+    ],
+)
+def test_unusable_values_are_refused(
+    param_type: click.ParamType, value: object, message: str
+) -> None:
     with pytest.raises(click.BadParameter) as refused:
-        Address().convert(value, None, None)
+        param_type.convert(value, None, None)
     assert refused.value.message == message
 
 

@@ -74,6 +74,19 @@ def test_a_resolved_component_keeps_its_count_and_loses_its_reason() -> None:
     assert [sample.value for metric in recorded.collect() for sample in metric.samples] == [1]
 
 
+def test_errors_another_process_recorded_are_mirrored_without_counting_twice() -> None:
+    recorded = Faults()
+    with recorded.contained(faults.BEAT):
+        raise ValueError("in this process")
+
+    recorded.mirror(faults.BEAT, 3, "KeyError: in the beat process")
+    recorded.mirror(faults.BEAT, 3, "KeyError: in the beat process")
+    recorded.mirror(faults.BEAT, 2, "TypeError: an older report")
+
+    assert recorded.counts() == {"beat": 3}
+    assert recorded.reasons() == {"beat": "KeyError: in the beat process"}
+
+
 def test_reasons_mask_broker_passwords() -> None:
     recorded = Faults()
     with recorded.contained(faults.STARTUP):

@@ -14,10 +14,11 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from celery_prom.http import Endpoint, HealthReport, MetricsServer, PortInUse
+from celery_prom.config import Ports
+from celery_prom.http import Endpoint, HealthReport, MetricsServer, PortInUse, serve_first_free
 from celery_prom.webconfig import WebConfigFile
 from tests.certs import Pki, make_pki
-from tests.support import free_port
+from tests.support import free_port, free_port_range, listening
 
 
 class FakeOwner:
@@ -38,6 +39,14 @@ class FakeOwner:
     def health(self) -> HealthReport:
         return HealthReport(self.healthy, {"broker": "up" if self.healthy else "down"})
 
+    def targets(self) -> tuple[bytes, str]:
+        if self.fail:
+            raise RuntimeError("cannot list")
+        return b"[]", "application/json"
+
+    def endpoint(self, title: str) -> Endpoint:
+        return Endpoint(title, self.render, self.health, pages={"/sd/workers": self.targets})
+
 
 @pytest.fixture
 def owner() -> FakeOwner:
@@ -46,9 +55,7 @@ def owner() -> FakeOwner:
 
 @pytest.fixture
 def server(owner: FakeOwner) -> Iterator[MetricsServer]:
-    server = MetricsServer(
-        "127.0.0.1", free_port(), Endpoint("test endpoint", owner.render, owner.health)
-    )
+    server = MetricsServer("127.0.0.1", free_port(), owner.endpoint("test endpoint"))
     server.start()
     yield server
     server.stop()
@@ -99,8 +106,20 @@ def test_a_failing_render_answers_500_and_health_says_why(
     owner.fail = True
 
     response = request(server, "/metrics")
+    page = request(server, "/sd/workers")
 
     assert (response.status, response.read()) == (500, b"metrics unavailable\n")
+    assert (page.status, page.read()) == (500, b"/sd/workers unavailable\n")
+
+
+def test_further_pages_are_the_owners_answers(server: MetricsServer) -> None:
+    response = request(server, "/sd/workers?refresh=1")
+
+    assert (response.status, response.getheader("Content-Type"), response.read()) == (
+        200,
+        "application/json",
+        b"[]",
+    )
 
 
 def test_health_reports_the_owners_checks(server: MetricsServer, owner: FakeOwner) -> None:
@@ -124,6 +143,7 @@ def test_landing_page_links_the_endpoints(server: MetricsServer) -> None:
     assert "<title>test endpoint</title>" in page
     assert 'href="/metrics"' in page
     assert 'href="/health"' in page
+    assert 'href="/sd/workers"' in page
 
 
 def test_head_has_headers_and_no_body(server: MetricsServer) -> None:
@@ -154,6 +174,31 @@ def test_a_stuck_client_does_not_block_other_scrapes(server: MetricsServer) -> N
 def test_a_busy_port_is_reported_by_number(server: MetricsServer, owner: FakeOwner) -> None:
     with pytest.raises(PortInUse) as error:
         MetricsServer("127.0.0.1", server.port, Endpoint("x", owner.render, owner.health))
+
+    assert error.value.strerror == f"port {server.port} on 127.0.0.1 is already in use"
+
+
+def test_a_range_serves_on_its_first_free_port_and_names_itself_when_full(
+    owner: FakeOwner,
+) -> None:
+    ports = free_port_range(3)
+    given = Ports(ports[0], ports[-1])
+    with listening(ports[:1]):
+        servers = [serve_first_free("127.0.0.1", given, owner.endpoint("x")) for _ in ports[1:]]
+        try:
+            with pytest.raises(PortInUse) as error:
+                serve_first_free("127.0.0.1", given, owner.endpoint("x"))
+        finally:
+            for server in servers:
+                server.stop()
+
+    assert [server.port for server in servers] == list(ports[1:])
+    assert error.value.strerror == f"every port of {given} on 127.0.0.1 is already in use"
+
+
+def test_a_single_port_is_reported_by_number(server: MetricsServer, owner: FakeOwner) -> None:
+    with pytest.raises(PortInUse) as error:
+        serve_first_free("127.0.0.1", Ports(server.port, server.port), owner.endpoint("x"))
 
     assert error.value.strerror == f"port {server.port} on 127.0.0.1 is already in use"
 
@@ -190,7 +235,7 @@ def secure_server(owner: FakeOwner, tmp_path: Path, web_config: str) -> MetricsS
     server = MetricsServer(
         "127.0.0.1",
         free_port(),
-        Endpoint("x", owner.render, owner.health),
+        owner.endpoint("x"),
         WebConfigFile(str(path)),
     )
     server.start()
@@ -276,6 +321,8 @@ http_server_config:
         )
         assert tls_get(server, context, headers=bad).status == 401
         assert tls_get(server, context, "/health", headers=bad).status == 401
+        assert tls_get(server, context, "/sd/workers", headers=bad).status == 401
+        assert tls_get(server, context, "/sd/workers", headers=good).status == 200
         allowed = tls_get(server, context, headers=good)
         assert (allowed.status, allowed.getheader("X-Content-Type-Options")) == (200, "nosniff")
     finally:

@@ -31,6 +31,14 @@ PUBLIC_FAMILIES = {
     "celery_active_consumer_count": ("gauge", ("queue_name",)),
     "celery_worker_up": ("gauge", ("hostname",)),
     "celery_prom_broker_up": ("gauge", ()),
+    "celery_beat_tasks_sent_total": ("counter", ("entry", "name")),
+    "celery_beat_send_errors_total": ("counter", ("entry", "name")),
+    "celery_beat_lateness_seconds": ("histogram", ("entry",)),
+    "celery_beat_next_run_timestamp_seconds": ("gauge", ("entry",)),
+    "celery_beat_last_run_timestamp_seconds": ("gauge", ("entry",)),
+    "celery_beat_tick_timestamp_seconds": ("gauge", ()),
+    "celery_beat_entries": ("gauge", ()),
+    "celery_beat_info": ("gauge", ("scheduler",)),
 }
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")

@@ -20,13 +20,15 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from celery_prom import faults
+from celery_prom.bootsteps.advertise import HeartbeatAddress, advertised_address
 from celery_prom.bootsteps.pool_processes import PoolProcesses
 from celery_prom.bootsteps.tap import METRICS_ATTRIBUTE, TaskEventTap
 from celery_prom.bootsteps.worker_state import MessageTally, WorkerStateCollector
 from celery_prom.config import ConfigError, OptionError, WorkerSettings
 from celery_prom.endpoint import MetricsEndpoint
+from celery_prom.endpoint_extras import EndpointExtras, offer
 from celery_prom.faults import ContainedCollector, Faults
-from celery_prom.http import Endpoint, HealthReport, MetricsServer
+from celery_prom.http import Endpoint, HealthReport, MetricsServer, serve_first_free
 from celery_prom.multiprocess import (
     MultiprocessMetrics,
     SetupError,
@@ -39,7 +41,7 @@ from celery_prom.webconfig import WebConfigFile
 logger = logging.getLogger(__name__)
 
 #: Keyword arguments of the worker's command-line options (see ``celery_prom.install``).
-CLI_OPTIONS = ("prom_port", "prom_host", "prom_web_config")
+CLI_OPTIONS = ("prom_port", "prom_host", "prom_advertise", "prom_web_config")
 
 
 class UserMetrics(Collector, Protocol):
@@ -100,12 +102,15 @@ class WorkerMetrics:
         self.recorder = self.endpoint.recorder
         self.invalid_messages = MessageTally()
         self.pool_processes = PoolProcesses(worker, hostname, faults)
+        #: What parts beside the worker's steps serve here (an embedded beat's metrics).
+        self.extras = EndpointExtras(faults)
         for collector in (
             WorkerStateCollector(worker, hostname, self.invalid_messages),
             self.pool_processes,
             self.recorder,
             LabelOverflowCollector(self.endpoint.store),
             user_metrics,
+            self.extras,
         ):
             self.endpoint.registry.register(ContainedCollector(collector, faults))
         self.endpoint.registry.register(faults)
@@ -141,7 +146,8 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
     """Worker step: serves /metrics and /health from the worker's main process.
 
     It binds its port when the worker is created, so a busy port stops the worker before
-    it consumes anything, and starts answering once the pool is up.
+    it consumes anything, and starts answering once the pool is up. While it serves, the
+    worker's heartbeats carry the address to scrape it at.
     """
 
     label = "celery-prom"
@@ -153,6 +159,7 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         self.enabled = settings.enabled
         self.faults = Faults()
         self.server: MetricsServer | None = None
+        self.heartbeat_address: HeartbeatAddress | None = None
         self.user_metrics: UserMetrics | None = None
         self.pool_processes: PoolProcesses | None = None
         self._main_pid = os.getpid()
@@ -176,6 +183,7 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
         setattr(w, METRICS_ATTRIBUTE, worker_metrics)
         self.pool_processes = worker_metrics.pool_processes
         self.pool_processes.connect()  # before the Pool step creates the pool's children
+        offer(w, worker_metrics.extras)
         w.app.steps["consumer"].add(TaskEventTap)
         self.server = _bind(
             settings,
@@ -185,6 +193,9 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
                 render_metrics=worker_metrics.render,
                 check_health=worker_metrics.health,
             ),
+        )
+        self.heartbeat_address = HeartbeatAddress(
+            advertised_address(settings, self.server.port), self.faults
         )
         signals.worker_process_init.connect(self._close_inherited_socket, weak=False)
 
@@ -199,6 +210,8 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
                     self.server.host,
                     self.server.port,
                 )
+            if self.heartbeat_address is not None:
+                self.heartbeat_address.start()
 
     def stop(self, w: Any) -> None:
         with self.faults.contained(faults.STARTUP):
@@ -210,6 +223,9 @@ class PrometheusServer(bootsteps.StartStopStep):  # type: ignore[misc]
             self.pool_processes.disconnect()
         server, self.server = self.server, None
         user_metrics, self.user_metrics = self.user_metrics, None
+        heartbeat_address, self.heartbeat_address = self.heartbeat_address, None
+        if heartbeat_address is not None:
+            heartbeat_address.stop()
         if server is not None:
             server.stop()
         if user_metrics is not None:
@@ -242,6 +258,6 @@ def _bind(
     settings: WorkerSettings, web_config: WebConfigFile | None, endpoint: Endpoint
 ) -> MetricsServer:
     try:
-        return MetricsServer(settings.host, settings.port, endpoint, web_config)
+        return serve_first_free(settings.host, settings.ports, endpoint, web_config)
     except OSError as exc:
         raise click.ClickException(f"celery-prom: {exc.strerror}") from None

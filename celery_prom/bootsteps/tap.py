@@ -2,17 +2,23 @@
 
 Celery's worker main process reports every task outcome through its event dispatcher, for
 every pool, whether or not task events are enabled. ``EventTap`` stands in for that
-dispatcher: it records each task event in-process and then passes it on, so the dispatcher
-still publishes exactly what it would have (nothing when events are off).
+dispatcher: it records each task event in-process, as a ``TaskEvent`` built from the fields
+Celery passes, and then passes the fields on, so the dispatcher still publishes what it would
+have (nothing when events are off), marked as recorded and with the queue of
+``task-received``.
 
-Three things the events themselves do not say are filled in here:
+Three things the events themselves do not say are added to the ``TaskEvent`` here:
 
 * the queue and publish time of a message, read from the message while the consumer
   handles it (``ArrivalLog``);
-* the real exception class of failures reported by the main process (lost pool children,
-  hard time limits), whose event text only shows billiard's wrapper (``FailureLog``);
+* the real exception class of failures, whose event text is only a ``repr`` (``FailureLog``):
+  read from the pool's result by ``results.ResultWatch``, or from ``task_failure`` for
+  failures the main process detects itself (lost pool children, hard time limits);
 * task names for tasks that end without being received (revoked on arrival, unregistered
   names), again from the message being handled.
+
+``ResultWatch`` also reports the attempts that end by raising ``Ignore`` (as
+``Task.replace`` makes them), which no event reports at all.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from celery import bootsteps, signals
 from celery.worker import state as worker_state
 
 from celery_prom import faults
+from celery_prom.bootsteps.results import ResultWatch
 from celery_prom.bootsteps.worker_state import (
     INVALID_TASK,
     INVALID_UNDECODABLE,
@@ -39,7 +46,21 @@ from celery_prom.bootsteps.worker_state import (
 )
 from celery_prom.faults import Faults
 from celery_prom.producer import SENT_AT_HEADER
-from celery_prom.recorder import DEFAULT_QUEUE, RECORDED_MARK, Recorder
+from celery_prom.recorder import Recorder
+from celery_prom.task_event import (
+    DEFAULT_QUEUE,
+    RECORDED_MARK,
+    TASK_IGNORED,
+    TASK_REPLACED,
+    InvalidEvent,
+    TaskEvent,
+    exception_label,
+    label,
+    queue_name,
+    ready_at,
+    retry_count,
+    task_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +68,6 @@ logger = logging.getLogger(__name__)
 METRICS_ATTRIBUTE = "celery_prom"
 #: Events of tasks whose attempt the recorder knows already: no need for the message.
 _MID_FLIGHT = frozenset({"task-started", "task-succeeded", "task-retried"})
-#: Fields the tap adds for the recorder that Celery's published events do not carry.
-_RECORDING_ONLY = ("type", "timestamp", "sent_at", "exception_type")
 #: Failures reported by the main process but never followed by an event stay this long.
 _FAILURE_LOG_SIZE = 1024
 
@@ -104,7 +123,7 @@ def _arrival_of(message: Any) -> tuple[str | None, Arrival]:
 
 
 class FailureLog:
-    """Exception class names of failures the main process saw, until their event arrives."""
+    """Exception class names of failures, until their ``task-failed`` event arrives."""
 
     def __init__(self) -> None:
         self._names: OrderedDict[object, str] = OrderedDict()
@@ -163,7 +182,8 @@ class EventTap:
         self.dispatcher = dispatcher
         self._forward_to = NoDispatcher() if dispatcher is None else dispatcher
         self._recorder = recorder
-        self._hostname = hostname
+        # Checked once: a hostname that cannot be a label value leaves the tap uninstalled.
+        self._hostname = label(hostname)
         self._arrivals = arrivals
         self._failures = failures
         self._faults = faults
@@ -171,8 +191,12 @@ class EventTap:
     def send(self, type: str, **fields: Any) -> Any:  # Celery's signature
         dispatcher = self._forward_to
         if type.startswith("task-"):
+            event = None
             try:
-                self._record(type, fields)
+                event = self._event(type, fields)
+                self._recorder.record(event)
+            except InvalidEvent as invalid:
+                self._recorder.count_invalid(invalid.reason)
             except Exception as error:  # noqa: BLE001 - the task's own reporting goes on
                 self._faults.record(faults.TAP, error)
             # Most workers run without -E: their dispatcher drops task events (or is off), so
@@ -180,34 +204,57 @@ class EventTap:
             groups = dispatcher.groups
             if not dispatcher.enabled or (groups and "task" not in groups):
                 return None
-            for private in _RECORDING_ONLY:
-                fields.pop(private, None)
+            if type == "task-received" and event is not None:
+                fields["queue"] = event.queue  # for Flower and other consumers of the events
             fields[RECORDED_MARK] = True
         if dispatcher.enabled:
             return dispatcher.send(type, **fields)
         return None
 
+    def record_ignored(self, task_id: str, replaced: bool) -> None:
+        """An attempt that ended by raising ``Ignore`` (``Task.replace`` when ``replaced``):
+        Celery reports such an ending with no event at all."""
+        self._recorder.record(
+            TaskEvent(TASK_REPLACED if replaced else TASK_IGNORED, task_id, self._hostname)
+        )
+
     def __getattr__(self, name: str) -> Any:
         # Everything else (groups, flush, connection, enable/disable...) is the real one's.
         return getattr(self._forward_to, name)
 
-    def _record(self, event_type: str, fields: dict[str, Any]) -> None:
-        # The event is built in place: ``fields`` is this call's own dict, and copying it
-        # for every event of every task is a cost the worker would feel.
-        fields["type"] = event_type
+    def _event(self, event_type: str, fields: dict[str, Any]) -> TaskEvent:
+        uuid = fields["uuid"]
         if event_type == "task-started":  # the end of the task's queue wait
-            fields["timestamp"] = time.time()
-        if event_type not in _MID_FLIGHT:
-            arrival = self._arrivals.get(fields.get("uuid"))
+            return TaskEvent(event_type, uuid, self._hostname, timestamp=time.time())
+        if event_type in _MID_FLIGHT:
+            runtime = fields.get("runtime")  # task-succeeded's: Celery's own measure
+            return TaskEvent(event_type, uuid, self._hostname, runtime=runtime)
+        return self._described(event_type, uuid, fields)
+
+    def _described(self, event_type: str, uuid: str, fields: dict[str, Any]) -> TaskEvent:
+        """An event with what the message being handled, or the pool's result, says of its
+        task: the only fields of a worker's event that need checking (from headers)."""
+        event = TaskEvent(event_type, uuid, self._hostname)
+        name = fields.get("name")
+        arrival = self._arrivals.get(uuid)
+        if arrival is not None:
+            if name is None:
+                name = arrival.name
+            event.queue = queue_name(arrival.queue)
+        if event_type == "task-received":
+            event.name = task_name(name)
             if arrival is not None:
-                fields.setdefault("name", arrival.name)
-                fields["queue"] = arrival.queue
-                fields["sent_at"] = arrival.sent_at
-            if event_type == "task-failed":
-                exception = self._failures.pop(fields.get("uuid"))
-                if exception is not None:
-                    fields["exception_type"] = exception
-        self._recorder.record_from_worker(self._hostname, fields)
+                event.ready_at = ready_at(arrival.sent_at, fields.get("eta"))
+            event.retries = retry_count(fields.get("retries"))
+        elif name is not None:
+            event.name = task_name(name)
+        if event_type == "task-failed":
+            exception = self._failures.pop(uuid)
+            if exception is None:
+                event.exception = exception_label(fields.get("exception"))
+            else:
+                event.exception = label(exception)
+        return event
 
 
 def counting(tally: MessageTally, reason: str, handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -238,6 +285,7 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
         self.failures = FailureLog()
         self._main_pid = os.getpid()
         self._tap: EventTap | None = None
+        self._result_watch: ResultWatch | None = None
         self._consumer_overrides: dict[str, Any] = {}
         super().__init__(c, **kwargs)
 
@@ -283,6 +331,13 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
             name: c.__dict__.get(name) for name in ("create_task_handler", "on_decode_error")
         }
         c.event_dispatcher = tap
+        # Before the strategies are rebuilt: their requests take the pool's apply_async then.
+        self._result_watch = ResultWatch(
+            self.failures.add,
+            tap.record_ignored,
+            self.faults,
+        )
+        self._result_watch.install(c.pool)
         c.update_strategies()
         # Requests that outlived a reconnect still point at the dispatcher they had (on
         # Celery < 5.7, ETA requests not yet due keep the previous tap, which records too).
@@ -306,6 +361,9 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
             else:
                 setattr(c, name, previous)
         self._consumer_overrides = {}
+        if self._result_watch is not None:
+            self._result_watch.uninstall()
+            self._result_watch = None
         tap, self._tap = self._tap, None
         if tap is not None and c.event_dispatcher is tap:
             c.event_dispatcher = tap.dispatcher

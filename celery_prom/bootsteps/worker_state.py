@@ -13,7 +13,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from celery_prom import __version__, metrics
 from celery_prom.metrics import new_family
-from celery_prom.recorder import DEFAULT_QUEUE
+from celery_prom.task_event import DEFAULT_QUEUE
 
 # Pool class modules and the name users pass to ``--pool`` for them.
 _POOL_NAMES: Mapping[str, str] = {"thread": "threads"}

@@ -42,7 +42,8 @@ def monitoring() -> None:
     type=Address(),
     default=DEFAULT_EXPORTER_ADDRESS,
     show_default=True,
-    help="Where Prometheus scrapes the exporter (prometheus.yml, prometheus-ha.yml).",
+    help="Where Prometheus scrapes the exporter and reads its /sd/workers "
+    "(prometheus.yml, prometheus-ha.yml).",
 )
 @click.option(
     "--force",

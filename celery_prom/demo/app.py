@@ -43,6 +43,8 @@ app.conf.update(
     task_default_queue=DEFAULT_QUEUE,
     task_routes={"demo.build_report": {"queue": REPORTS_QUEUE}},
     worker_prefetch_multiplier=1,
+    # The worker's embedded beat (-B) sends the shop's periodic report, sped up.
+    beat_schedule={"hourly-report": {"task": "demo.build_report", "schedule": 10.0}},
 )
 celery_prom.install(app)
 

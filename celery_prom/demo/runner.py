@@ -163,7 +163,7 @@ def _run(
     out: TextIO,
 ) -> int:
     env = {**os.environ, **broker.env()}
-    children.start("worker", _worker_command(options), env, folder / "worker.log")
+    children.start("worker", _worker_command(options, folder), env, folder / "worker.log")
     children.start("exporter", _exporter_command(options), env, folder / "exporter.log")
     _announce(options, broker, folder, out)
     traffic = threading.Thread(target=send_traffic, args=(_demo_app(broker), stop), daemon=True)
@@ -174,7 +174,7 @@ def _run(
     return status
 
 
-def _worker_command(options: DemoOptions) -> list[str]:
+def _worker_command(options: DemoOptions, folder: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -190,6 +190,10 @@ def _worker_command(options: DemoOptions) -> list[str]:
         f"{DEFAULT_QUEUE},{REPORTS_QUEUE}",
         "-n",
         "demo@%h",
+        # With beat inside: its periodic tasks, and its metrics on the worker's endpoint.
+        "-B",
+        "--schedule",
+        str(folder / "beat-schedule"),
         "--loglevel=WARNING",
         "--prom-port",
         str(options.worker_port),
@@ -243,8 +247,8 @@ def _announce(options: DemoOptions, broker: Broker, folder: Path, out: TextIO) -
     )
     host = _http_host(options.host)
     print(f"celery-prom demo on {where}", file=out)
-    print(f"  worker metrics:   http://{host}:{options.worker_port}/metrics", file=out)
-    print(f"  exporter metrics: http://{host}:{options.exporter_port}/metrics", file=out)
+    print(f"  worker (and beat) metrics: http://{host}:{options.worker_port}/metrics", file=out)
+    print(f"  exporter metrics:          http://{host}:{options.exporter_port}/metrics", file=out)
     print("  Ctrl-C stops everything.", file=out, flush=True)
 
 
@@ -290,7 +294,8 @@ def _summary(options: DemoOptions) -> str:
         f"retried {_total(worker, 'celery_task_retried_total'):.0f}  "
         f"running {_total(worker, 'celery_worker_tasks_active'):.0f}  "
         f"queued: {queued}  "
-        f"workers up {_total(exporter, 'celery_worker_up'):.0f}"
+        f"workers up {_total(exporter, 'celery_worker_up'):.0f}  "
+        f"beat sent {_total(worker, 'celery_beat_tasks_sent_total'):.0f}"
     )
 
 

@@ -16,7 +16,7 @@ from prometheus_client.metrics_core import Metric
 
 from celery_prom.recorder import Recorder, RecorderStats
 
-# Reasons only the exporter reports (the recorder's own are in celery_prom.recorder):
+# Reasons only the exporter reports (the others are in celery_prom.task_event and .recorder):
 DROP_RECORDED_BY_WORKER = "recorded_by_worker"  # counted by the worker's own bootstep
 DROP_UNDECODABLE = "undecodable"  # not a JSON event message (bad JSON, pickle, bad encoding)
 DROP_OFFLINE_WORKER = "offline_worker"  # a late event of a worker already purged

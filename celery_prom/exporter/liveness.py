@@ -5,6 +5,9 @@ Workers send ``worker-online``, ``worker-heartbeat`` (every 2 s by default) and
 Liveness is judged by when the exporter *received* the last heartbeat, so clock skew
 between hosts does not matter.
 
+Each worker's events may carry the address its metrics are served at (the worker step adds
+it); ``targets`` lists those of the workers still running, for ``/sd/workers``.
+
 A worker silent for longer than the purge delay is forgotten: its gauges and its task
 series disappear. A late event of such a worker (delayed in the broker, or replayed) must
 not bring it back, so a purged worker leaves a tombstone holding the last timestamp it
@@ -22,12 +25,20 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import click
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from celery_prom import metrics
+from celery_prom.config import ADDRESS_FIELD, Address
 from celery_prom.exporter.dropped import DROP_OFFLINE_WORKER, DROP_TOO_MANY_WORKERS
 from celery_prom.metrics import new_family
-from celery_prom.recorder import DROP_INVALID_FIELD, DROP_MALFORMED
+from celery_prom.task_event import (
+    DROP_INVALID_FIELD,
+    DROP_MALFORMED,
+    InvalidEvent,
+    label,
+    optional_number,
+)
 
 #: Purged workers remembered, so that their late events stay dropped.
 MAX_TOMBSTONES = 10_000
@@ -53,6 +64,16 @@ class _Worker:
     online: bool
     active: int | None = None
     processed: int | None = None
+    address: str | None = None  # host:port of its metrics endpoint, if it sent one
+
+
+@dataclass(frozen=True, slots=True)
+class _Reported:
+    """What a worker event says about the worker, beyond when it was sent."""
+
+    active: int | None
+    processed: int | None
+    address: str | None
 
 
 class WorkerLiveness:
@@ -86,14 +107,16 @@ class WorkerLiveness:
         hostname = event.get("hostname")
         if not isinstance(hostname, str) or not hostname:
             return DROP_MALFORMED
-        if len(hostname) > metrics.MAX_LABEL_VALUE_LENGTH:
-            return DROP_INVALID_FIELD
         try:
-            sent_at = _optional_number(event, "timestamp")
-            active = _optional_count(event, "active")
-            processed = _optional_count(event, "processed")
-        except ValueError:
-            return DROP_INVALID_FIELD
+            label(hostname)
+            sent_at = optional_number(event.get("timestamp"))
+            reported = _Reported(
+                active=_optional_count(event, "active"),
+                processed=_optional_count(event, "processed"),
+                address=_address(event),
+            )
+        except InvalidEvent as invalid:
+            return invalid.reason
         event_type = event.get("type")
         with self._lock:
             if hostname in self._tombstones and not self._revives(hostname, event_type, sent_at):
@@ -101,7 +124,7 @@ class WorkerLiveness:
             if hostname not in self._workers and len(self._workers) >= self.max_workers:
                 return DROP_TOO_MANY_WORKERS
             self._tombstones.pop(hostname, None)
-            self._apply(hostname, event_type, sent_at, active, processed)
+            self._apply(hostname, event_type, sent_at, reported)
         return None
 
     def accepts(self, hostname: object) -> bool:
@@ -140,6 +163,22 @@ class WorkerLiveness:
                 self._bury(hostname, worker.sent_at)
         return doomed
 
+    # -- discovery -------------------------------------------------------------------------
+
+    def targets(self) -> list[tuple[str, str]]:
+        """(hostname, address) of every worker that sent an address and has not said
+        goodbye (``worker-offline``), sorted.
+
+        A worker that went silent without one stays until it is purged, so that Prometheus
+        goes on trying to scrape it and its ``up`` of 0 can alert.
+        """
+        with self._lock:
+            return sorted(
+                (hostname, worker.address)
+                for hostname, worker in self._workers.items()
+                if worker.online and worker.address is not None
+            )
+
     # -- scrape ----------------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
@@ -175,8 +214,7 @@ class WorkerLiveness:
         hostname: str,
         event_type: object,
         sent_at: float | None,
-        active: int | None,
-        processed: int | None,
+        reported: _Reported,
     ) -> None:
         worker = self._workers.get(hostname)
         if worker is None:
@@ -191,10 +229,11 @@ class WorkerLiveness:
         worker.online = True
         worker.received_at = self._clock.wall()
         worker.received_mono = self._clock.monotonic()
-        if active is not None:
-            worker.active = active
-        if processed is not None:
-            worker.processed = processed
+        if reported.active is not None:
+            worker.active = reported.active
+        if reported.processed is not None:
+            worker.processed = reported.processed
+        worker.address = reported.address
 
     def _bury(self, hostname: str, sent_at: float | None) -> None:
         # Without a timestamp of its own, any later heartbeat of the worker revives it.
@@ -204,13 +243,16 @@ class WorkerLiveness:
             self._tombstones.popitem(last=False)
 
 
-def _optional_number(event: Mapping[str, Any], name: str) -> float | None:
-    value = event.get(name)
-    if value is None:
+def _address(event: Mapping[str, Any]) -> str | None:
+    """The worker's metrics address, when it sent a usable one: without it the worker is
+    still alive, only not listed for discovery."""
+    value = event.get(ADDRESS_FIELD)
+    if not isinstance(value, str) or len(value) > metrics.MAX_LABEL_VALUE_LENGTH:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(name)
-    return float(value)
+    try:
+        return Address().convert(value, None, None)
+    except click.BadParameter:
+        return None
 
 
 def _optional_count(event: Mapping[str, Any], name: str) -> int | None:
@@ -218,5 +260,5 @@ def _optional_count(event: Mapping[str, Any], name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(name)
+        raise InvalidEvent(DROP_INVALID_FIELD)
     return value

@@ -120,8 +120,12 @@ class QueueDiscovery:
 
     def queue_of(self, hostname: object) -> str | None:
         """The queue a worker consumes from, when it consumes exactly one."""
-        queues = self._worker_queues.get(hostname) if isinstance(hostname, str) else None
-        return queues[0] if queues is not None and len(queues) == 1 else None
+        queues = self.queues_of(hostname)
+        return queues[0] if len(queues) == 1 else None
+
+    def queues_of(self, hostname: object) -> tuple[str, ...]:
+        """The queues a worker consumes from, as far as known."""
+        return self._worker_queues.get(hostname, ()) if isinstance(hostname, str) else ()
 
     def forget(self, hostname: str) -> None:
         """Drop what is known of a worker that went offline."""

@@ -1,9 +1,9 @@
 """Routing decoded events: task events to the recorder, worker events to liveness.
 
 Both event streams hand raw payloads to ``EventRouter``, which decodes them (``decoding``),
-splits ``task.multi`` batches, and routes each event: task events to the recorder (unless
-the worker already counted them itself), worker events to the liveness tracker. Anything
-unusable is counted as dropped with its reason.
+splits ``task.multi`` batches, and routes each event: task events to the recorder, as a
+``TaskEvent`` (unless the worker already counted them itself), worker events to the liveness
+tracker. Anything unusable is counted as dropped with its reason.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ from celery_prom.exporter.dropped import (
 )
 from celery_prom.exporter.liveness import WORKER_EVENTS, WorkerLiveness
 from celery_prom.exporter.losses import LossEstimator
-from celery_prom.recorder import DROP_MALFORMED, DROP_UNKNOWN_TYPE, RECORDED_MARK, Recorder
+from celery_prom.recorder import Recorder
+from celery_prom.task_event import (
+    DEFAULT_QUEUE,
+    DROP_MALFORMED,
+    DROP_UNKNOWN_TYPE,
+    RECORDED_MARK,
+    InvalidEvent,
+    parse_task_event,
+)
 
 
 class WorkerQueues(Protocol):
@@ -87,9 +95,7 @@ class EventRouter:
             elif not self._liveness.accepts(hostname):
                 self._dropped.drop(DROP_OFFLINE_WORKER)
             else:
-                if event_type == "task-received":
-                    self._complete_received(event)
-                self._recorder.record(event)
+                self._record(event, event_type, hostname)
         elif event_type in WORKER_EVENTS:
             reason = self._liveness.observe(event)
             if reason is None:
@@ -100,13 +106,16 @@ class EventRouter:
         else:
             self._dropped.drop(DROP_UNKNOWN_TYPE)
 
-    def _complete_received(self, event: dict[str, Any]) -> None:
-        # Celery's task-received names no queue (the worker tap adds it); datetimes come
-        # in kombu's JSON encoding.
-        if "queue" not in event:
-            queue = self._queues.queue_of(event.get("hostname"))
-            if queue is not None:
-                event["queue"] = queue
-        eta = event.get("eta")
-        if isinstance(eta, dict):
-            event["eta"] = eta.get("__value__")
+    def _record(self, event: dict[str, Any], event_type: str, hostname: object) -> None:
+        # Celery's task-received names no queue (the worker tap adds it): a worker that
+        # consumes one queue only can only have received it from there.
+        queue = self._queues.queue_of(hostname) if event_type == "task-received" else None
+        try:
+            task_event = parse_task_event(event, queue or DEFAULT_QUEUE)
+        except InvalidEvent as invalid:
+            self._dropped.drop(invalid.reason)
+            return
+        if task_event is None:
+            self._dropped.received()
+        else:
+            self._recorder.record(task_event)

@@ -1,5 +1,6 @@
 """The exporter process: ``Exporter`` wires the event receiver, the router, the scrape-time
-collectors and the HTTP endpoint together, and forgets offline workers on its own schedule.
+collectors and the HTTP endpoint (``/metrics``, ``/health``, and the workers to scrape on
+``/sd/workers``) together, and forgets offline workers on its own schedule.
 
 On a transport that cannot broadcast (SQS: ``broker.transport_kind``) no worker event or
 remote-control reply would ever arrive, so the exporter listens for none and asks workers
@@ -38,12 +39,15 @@ from celery_prom.exporter.streams import (
     KombuEventStream,
     RedisEventStream,
 )
+from celery_prom.exporter.targets import WorkerTargets
 from celery_prom.http import Endpoint, HealthReport, MetricsServer
 from celery_prom.store import LabelOverflowCollector
 from celery_prom.webconfig import WebConfigFile
 
 logger = logging.getLogger(__name__)
 
+#: Where Prometheus' http_sd_configs finds the workers to scrape.
+SD_WORKERS = "/sd/workers"
 #: Seconds between two looks for workers silent for longer than the purge delay.
 PURGE_INTERVAL = 1.0
 
@@ -85,6 +89,7 @@ class Exporter:
             self.losses,
             safe_url=settings.safe_broker_url,
         )
+        self.targets = WorkerTargets(self.liveness, self.discovery)
         self._register_collectors(self.transport.driver)
         self.server: MetricsServer | None = None
 
@@ -101,6 +106,7 @@ class Exporter:
                 title="celery-prom exporter",
                 render_metrics=self.endpoint.render,
                 check_health=self.health,
+                pages={SD_WORKERS: self.targets.render},
             ),
             web_config,
         )

@@ -31,7 +31,7 @@ def _celery_without_scheduled_requests() -> NoReturn:
 _FAULTS = {
     "startup": lambda: setattr(MetricsServer, "start", _raise),
     "tap_install": lambda: setattr(tap, "scheduled_requests", _celery_without_scheduled_requests),
-    "tap": lambda: setattr(Recorder, "record_from_worker", _raise),
+    "tap": lambda: setattr(Recorder, "record", _raise),
     "signal": lambda: setattr(tap.FailureLog, "add", _raise),
     "scrape": lambda: setattr(worker_state.WorkerStateCollector, "collect", _raise),
     "multiprocess": lambda: setattr(MultiprocessDirectory, "_compact", _raise),

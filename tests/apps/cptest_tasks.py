@@ -11,8 +11,8 @@ import os
 import threading
 import time
 
-from celery import Celery
-from celery.exceptions import Reject
+from celery import Celery, chain, group
+from celery.exceptions import Ignore, Reject
 
 import celery_prom
 from celery_prom.bootsteps import PrometheusServer
@@ -24,6 +24,9 @@ app.conf.update(
     task_default_queue=os.environ.get("CPTEST_QUEUE", "celery"),
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=int(os.environ.get("CPTEST_PREFETCH", "4")),
+    # Chords need one (and Task.replace with a group makes a chord); None: no backend.
+    result_backend=os.environ.get("CPTEST_RESULT_BACKEND"),
+    result_backend_transport_options=json.loads(os.environ.get("CPTEST_TRANSPORT_OPTIONS", "{}")),
 )
 # More settings as one JSON object, such as celery-prom's own (celery_prom_port, ...).
 app.conf.update(json.loads(os.environ.get("CPTEST_CONF", "{}")))
@@ -119,3 +122,44 @@ def exceed_soft_limit() -> None:
 @app.task(time_limit=0.5)
 def exceed_hard_limit() -> None:
     time.sleep(5)
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def total(numbers: list[int]) -> int:
+    return sum(numbers)
+
+
+@app.task(bind=True)
+def replace_with_add(self, x: int, y: int) -> None:  # type: ignore[no-untyped-def]
+    raise self.replace(add.s(x, y))
+
+
+@app.task(bind=True)
+def replace_with_chain(self, x: int) -> None:  # type: ignore[no-untyped-def]
+    raise self.replace(chain(add.s(x, 1), add.s(1)))
+
+
+@app.task(bind=True)
+def replace_with_group(self, numbers: list[int]) -> None:  # type: ignore[no-untyped-def]
+    raise self.replace(group([add.s(number, 1) for number in numbers]))
+
+
+@app.task(bind=True)
+def replace_with_failure(self, exception: str) -> None:  # type: ignore[no-untyped-def]
+    raise self.replace(fail.si(exception))
+
+
+@app.task(bind=True)
+def replace_on_queue(self, queue: str) -> None:  # type: ignore[no-untyped-def]
+    """Replaced by a task sent to ``queue``, which this worker may not consume."""
+    raise self.replace(add.si(1, 1).set(queue=queue))
+
+
+@app.task
+def ignore_itself() -> None:
+    raise Ignore()

@@ -19,13 +19,14 @@ import pytest
 from tests.bootsteps.test_tap import MIX_EXPECTED, assert_counts, run_mix
 from tests.certs import make_pki
 from tests.support import (
-    REPO,
     Broker,
     RedisServer,
-    app_env,
     free_port,
+    free_port_range,
     http_get,
+    listening,
     promtool_check_metrics,
+    run_refused,
     running_worker,
     unique,
     wait_for,
@@ -40,15 +41,8 @@ def run_worker_command(
 ) -> subprocess.CompletedProcess[str]:
     """A worker that is expected to refuse to start."""
     queue = unique("q")
-    return subprocess.run(
-        worker_command(queue, name=unique("w"), pool="solo", concurrency=1, extra_args=args),
-        cwd=REPO,
-        env=app_env(broker, queue, **(env or {})),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    command = worker_command(queue, name=unique("w"), pool="solo", concurrency=1, extra_args=args)
+    return run_refused(broker, command, queue, env)
 
 
 def our_lines(output: str) -> list[str]:
@@ -79,7 +73,21 @@ def test_a_busy_port_stops_the_worker_with_one_line(redis_broker: Broker) -> Non
     ]
 
 
+def test_a_range_without_a_free_port_stops_the_worker_with_one_line(redis_broker: Broker) -> None:
+    ports = free_port_range(3)
+    with listening(ports):
+        result = run_worker_command(
+            redis_broker, "--prom-port", f"{ports[0]}-{ports[-1]}", "--prom-host", "127.0.0.1"
+        )
+
+    assert result.returncode == 1
+    assert our_lines(result.stdout + result.stderr) == [
+        f"Error: celery-prom: every port of {ports[0]}-{ports[-1]} on 127.0.0.1 is already in use"
+    ]
+
+
 SECRET_URL = "redis://:Sentinel-p4ss-0c1d@127.0.0.1:1/0"
+NOT_A_PORT = "is not a port or a range of ports like 9808-9827."
 BAD_PORT_EVERYWHERE = {"CELERY_PROM_PORT": "env", "CPTEST_CONF": '{"celery_prom_port": "conf"}'}
 
 
@@ -89,7 +97,7 @@ BAD_PORT_EVERYWHERE = {"CELERY_PROM_PORT": "env", "CPTEST_CONF": '{"celery_prom_
         (
             ("--prom-port", "http"),
             {},
-            "Invalid value for '--prom-port': 'http' is not a valid integer range.",
+            f"Invalid value for '--prom-port': 'http' {NOT_A_PORT}",
         ),
         (
             (),
@@ -99,40 +107,51 @@ BAD_PORT_EVERYWHERE = {"CELERY_PROM_PORT": "env", "CPTEST_CONF": '{"celery_prom_
         (
             (),
             {"CPTEST_CONF": '{"celery_prom_port": -1}'},
-            "Invalid value for 'app.conf.celery_prom_port': -1 is not in the range 0<=x<=65535.",
+            f"Invalid value for 'app.conf.celery_prom_port': -1 {NOT_A_PORT}",
         ),
         (
             ("--prom-host", "what?"),
             {},
             "Invalid value for '--prom-host': 'what?' is not a host name or IP address.",
         ),
+        (
+            (),
+            {"CELERY_PROM_PORT": "9900-9800"},
+            "Invalid value for 'CELERY_PROM_PORT': '9900-9800' is not a range of ports: 9900 is "
+            "above 9800.",
+        ),
+        (
+            ("--prom-advertise", "w1:http"),
+            {},
+            "Invalid value for '--prom-advertise': 'w1:http' is not host[:port].",
+        ),
         # A bad value names the source that won: each beats the ones after it.
         (
             ("--prom-port", "cli"),
             BAD_PORT_EVERYWHERE,
-            "Invalid value for '--prom-port': 'cli' is not a valid integer range.",
+            f"Invalid value for '--prom-port': 'cli' {NOT_A_PORT}",
         ),
         (
             (),
             BAD_PORT_EVERYWHERE,
-            "Invalid value for 'CELERY_PROM_PORT': 'env' is not a valid integer range.",
+            f"Invalid value for 'CELERY_PROM_PORT': 'env' {NOT_A_PORT}",
         ),
         (
             ("--prom-port", SECRET_URL),
             {},
-            "Invalid value for '--prom-port': 'redis://:**@127.0.0.1:1/0' is not a valid "
-            "integer range.",
+            "Invalid value for '--prom-port': 'redis://:**@127.0.0.1:1/0' is not a port or a "
+            "range of ports like 9808-9827.",
         ),
         # With only the step added, the settings are read from the environment and app.conf.
         (
             (),
             {"CPTEST_INSTRUMENTATION": "step", **BAD_PORT_EVERYWHERE},
-            "Invalid value for 'CELERY_PROM_PORT': 'env' is not a valid integer range.",
+            f"Invalid value for 'CELERY_PROM_PORT': 'env' {NOT_A_PORT}",
         ),
         (
             (),
             {"CPTEST_INSTRUMENTATION": "step", "CPTEST_CONF": '{"celery_prom_port": "conf"}'},
-            "Invalid value for 'app.conf.celery_prom_port': 'conf' is not a valid integer range.",
+            f"Invalid value for 'app.conf.celery_prom_port': 'conf' {NOT_A_PORT}",
         ),
         (
             (),
@@ -162,12 +181,14 @@ def test_worker_help_shows_the_options_types_defaults_and_environment_variables(
     assert result.returncode == 0
     for entry in [
         "celery-prom Options: --prom-",
-        "--prom-port INTEGER RANGE Port of the worker's /metrics endpoint; 0 turns metrics "
-        "off. App setting: celery_prom_port. "
-        "[env var: CELERY_PROM_PORT; default: 9808; 0<=x<=65535]",
+        "--prom-port PORT[-PORT] Port of the worker's /metrics endpoint, or a range "
+        "(9808-9827) to take the first free port of; 0 turns metrics off. App setting: "
+        "celery_prom_port. [env var: CELERY_PROM_PORT; default: 9808]",
         # The app's setting is the default: the command line and the environment beat it.
         "--prom-host HOST Address the endpoint listens on. App setting: celery_prom_host. "
         "[env var: CELERY_PROM_HOST; default: 10.0.0.5]",
+        "--prom-advertise HOST[:PORT] Address the exporter's /sd/workers gives Prometheus",
+        "[env var: CELERY_PROM_ADVERTISE]",
         "--prom-web-config FILE",
         "[env var: CELERY_PROM_WEB_CONFIG]",
     ]:

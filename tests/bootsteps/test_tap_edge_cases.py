@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from celery_prom.recorder import RECORDED_MARK
+from celery_prom.task_event import RECORDED_MARK
 from tests.bootsteps.test_tap import MIX_EXPECTED, T, assert_counts, run_mix
 from tests.support import (
     Broker,
@@ -237,9 +237,9 @@ def test_prefork_failures_keep_their_exception_class(
     assert counts(scrape, worker, "exceed_hard_limit") == one_failure("TimeLimitExceeded")
     # Reject(requeue=False) of an acks_late task fails it and rejects its message.
     assert counts(scrape, worker, "reject") == one_failure("Reject", rejected=1)
-    # The repr of OddRepr hides its class and prefork only passes the repr on.
+    # The event shows only a repr, which OddRepr's hides its class in; the result has it.
     assert counts(scrape, worker, "fail") == counted(
-        received=2, started=2, failed={"NotPicklable": 1, "unknown": 1}
+        received=2, started=2, failed={"NotPicklable": 1, "OddRepr": 1}
     )
     assert dropped(scrape) == {"duplicate": 1}
 

@@ -4,10 +4,11 @@ workers."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import types
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -32,7 +33,13 @@ from celery_prom.bootsteps.worker_state import (
 )
 from celery_prom.faults import Faults
 from celery_prom.producer import SENT_AT_HEADER
-from celery_prom.recorder import DEFAULT_QUEUE, RECORDED_MARK
+from celery_prom.task_event import (
+    DEFAULT_QUEUE,
+    DROP_INVALID_FIELD,
+    RECORDED_MARK,
+    InvalidEvent,
+    TaskEvent,
+)
 
 HOST = "w1@host"
 SENT_AT = 1700000000.5
@@ -44,7 +51,7 @@ RECEIVED_RECORDED = {
     "uuid": "t1",
     "name": "app.add",
     "queue": "jobs",
-    "sent_at": SENT_AT,
+    "ready_at": SENT_AT,
 }
 RECEIVED_FORWARDED = (
     "task-received",
@@ -55,24 +62,38 @@ RECEIVED_FORWARDED = (
 # -- fakes -----------------------------------------------------------------------------------
 
 
-def fields_of(event: Mapping[str, Any]) -> dict[str, Any]:
-    """What the recorder was handed, as plain fields: the one place that knows its shape."""
-    return dict(event)
+_UNSET = TaskEvent("", "", "")
+
+
+def fields_of(event: TaskEvent) -> dict[str, Any]:
+    """What the recorder was handed, as plain fields (those set, beside the three every event
+    has): the one place that knows its shape."""
+    return {
+        field.name: getattr(event, field.name)
+        for field in dataclasses.fields(event)
+        if field.name in ("type", "uuid", "hostname")
+        or getattr(event, field.name) != getattr(_UNSET, field.name)
+    }
 
 
 class Recorder:
-    """Keeps every event it is handed, as it was when handed over (the tap reuses the dict)."""
+    """Keeps every event it is handed, and the reasons of those it is told were invalid."""
 
     def __init__(self, journal: list[str], error: Exception | None = None) -> None:
         self.events: list[dict[str, Any]] = []
+        self.invalid: list[str] = []
         self._journal = journal
         self._error = error
 
-    def record_from_worker(self, hostname: str, event: Mapping[str, Any]) -> None:
-        self._journal.append(f"recorded {event['type']}")
+    def record(self, event: TaskEvent) -> None:
+        self._journal.append(f"recorded {event.type}")
         if self._error is not None:
             raise self._error
-        self.events.append({"hostname": hostname, **fields_of(event)})
+        self.events.append(fields_of(event))
+
+    def count_invalid(self, reason: str) -> None:
+        self._journal.append(f"invalid {reason}")
+        self.invalid.append(reason)
 
 
 class Dispatcher:
@@ -264,7 +285,9 @@ def test_failures_whose_event_never_comes_are_forgotten_oldest_first() -> None:
 def test_a_task_event_is_recorded_with_its_arrival_then_forwarded_without_the_extras() -> None:
     h = Harness(groups={"task", "worker"})
 
-    result = h.send_while_handling(task_message("t1", "jobs"), "task-received", uuid="t1")
+    result = h.send_while_handling(
+        task_message("t1", "jobs"), "task-received", uuid="t1", name="app.add"
+    )
 
     assert result == "published"
     assert h.journal == ["recorded task-received", "sent task-received"]
@@ -281,8 +304,68 @@ def test_a_started_event_gets_the_time_and_is_not_looked_up_in_the_message() -> 
     after = time.time()
     [event] = h.recorder.events
     assert before <= event.pop("timestamp") <= after
-    assert event == {"hostname": HOST, "type": "task-started", "uuid": "t1", "pid": 42}
+    assert event == {"hostname": HOST, "type": "task-started", "uuid": "t1"}
     assert h.sent == [("task-started", {"uuid": "t1", "pid": 42, RECORDED_MARK: True})]
+
+
+def test_an_event_that_names_no_task_is_recorded_with_the_messages_name_only() -> None:
+    h = Harness()
+
+    h.send_while_handling(task_message("t1", "jobs"), "task-revoked", uuid="t1", expired=True)
+
+    assert h.recorder.events == [
+        {"hostname": HOST, "type": "task-revoked", "uuid": "t1", "name": "app.add", "queue": "jobs"}
+    ]
+    assert h.sent == [("task-revoked", {"uuid": "t1", "expired": True, RECORDED_MARK: True})]
+
+
+@pytest.mark.parametrize(
+    ("headers", "routing_key"),
+    [
+        ({"task": "a" * 300}, "jobs"),
+        ({"task": 42}, "jobs"),
+        ({"task": "app.add", SENT_AT_HEADER: "yesterday"}, "jobs"),
+        ({"task": "app.add"}, "q" * 300),
+    ],
+    ids=["long-name", "name-no-text", "sent-at-no-number", "long-queue"],
+)
+def test_what_the_message_says_is_checked_and_a_bad_event_counted_as_invalid(
+    headers: dict[str, Any], routing_key: str
+) -> None:
+    h = Harness()
+    message = Message({"id": "t1", **headers}, {"routing_key": routing_key})
+
+    h.send_while_handling(message, "task-received", uuid="t1", name=headers["task"])
+
+    assert h.recorder.events == []
+    assert h.recorder.invalid == [DROP_INVALID_FIELD]
+    assert [type for type, _ in h.sent] == ["task-received"]
+    assert fault_counts(h.faults) == {}
+
+
+def test_an_attempt_ending_in_ignore_is_recorded_as_an_event_of_its_own() -> None:
+    h = Harness()
+
+    h.tap.record_ignored("t1", replaced=True)
+    h.tap.record_ignored("t2", replaced=False)
+
+    assert h.recorder.events == [
+        {"hostname": HOST, "type": "task-replaced", "uuid": "t1"},
+        {"hostname": HOST, "type": "task-ignored", "uuid": "t2"},
+    ]
+    assert h.sent == []
+
+
+def test_a_hostname_that_cannot_be_a_label_value_refuses_the_tap() -> None:
+    with pytest.raises(InvalidEvent):
+        EventTap(
+            None,
+            Recorder([]),
+            hostname="w" * 300,
+            arrivals=ArrivalLog(Faults()),
+            failures=FailureLog(),
+            faults=Faults(),
+        )
 
 
 def test_a_name_in_the_event_wins_over_the_messages() -> None:
@@ -304,8 +387,7 @@ def test_a_failure_carries_the_class_the_main_process_saw_to_the_recorder_only()
             "hostname": HOST,
             "type": "task-failed",
             "uuid": "t1",
-            "exception": "ExceptionWithTraceback()",
-            "exception_type": "TimeoutError",
+            "exception": "TimeoutError",
         }
     ]
     assert h.sent == [
@@ -410,6 +492,7 @@ class Consumer:
         if metrics is not None:
             setattr(self.controller, METRICS_ATTRIBUTE, metrics)
         self.dispatcher = self.event_dispatcher = Dispatcher([])
+        self.pool = Pool()
         self.strategies_built_with: list[Any] = []
         self.decode_errors: list[Any] = []
         self._failing_updates = failing_updates
@@ -423,12 +506,20 @@ class Consumer:
 
     def create_task_handler(self) -> Callable[[Any], None]:
         def on_task_received(message: Any) -> None:
-            self.event_dispatcher.send("task-received", uuid=message.headers["id"])
+            headers = message.headers
+            self.event_dispatcher.send("task-received", uuid=headers["id"], name=headers["task"])
 
         return on_task_received
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         self.decode_errors.append(message)
+
+
+class Pool:
+    """The worker's pool: the tap reads each result it hands back through apply_async."""
+
+    def apply_async(self, target: Any, *args: Any, **options: Any) -> None:
+        return None
 
 
 class ConsumerOfAnotherCelery(Consumer):
@@ -548,6 +639,7 @@ def test_stop_gives_the_consumer_back_what_start_replaced(
     assert consumer.event_dispatcher is consumer.dispatcher
     assert "create_task_handler" not in vars(consumer)
     assert "on_decode_error" not in vars(consumer)
+    assert "apply_async" not in vars(consumer.pool)
     assert not signals_reach(step)
     signals.task_rejected.send(sender=None, message=Message({}), exc=None)
     assert metrics.invalid_messages.items() == []

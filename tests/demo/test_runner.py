@@ -47,6 +47,7 @@ def demo_is_lively(worker: Scrape, exporter: Scrape) -> bool:
         and worker.total("celery_task_failed_total") > 0
         and worker.total("celery_task_retried_total") > 0
         and worker.total("celery_task_queue_wait_seconds_count") > 0
+        and worker.total("celery_beat_tasks_sent_total") > 0
         and exporter.total("celery_worker_up") == 1
         and {dict(labels)["queue_name"] for labels in exporter.series("celery_queue_length")}
         == {"celery-prom-demo", "celery-prom-demo-reports"}

@@ -14,6 +14,7 @@ from celery_prom.exporter.losses import LossEstimator
 from celery_prom.exporter.router import EventRouter
 from celery_prom.recorder import Recorder, RecorderStats
 from celery_prom.store import TaskStore
+from celery_prom.task_event import TaskEvent
 
 
 class StoppedClock(Clock):
@@ -83,8 +84,8 @@ def test_the_event_families_count_every_drop_once_whoever_dropped_it() -> None:
     router.on_redis_payload(envelope(event("task-received", "w@h", 1, uuid="a", name="t")))
     router.on_message_body(b"{}", "application/x-python-serialize")
     router.route([7, {"type": 5}, event("task-received", "w@h", 2, uuid="m", celery_prom=True)])
-    router.route(event("task-bogus", "w@h", 3, uuid="a"))  # dropped by the recorder
-    router.route(event("bogus", "w@h", 4))  # dropped by the router
+    router.route(event("task-bogus", "w@h", 3, uuid="a"))  # no task event type
+    router.route(event("bogus", "w@h", 4))  # no event type at all
     router.route(event("task-started", "w@h", 5, uuid="a"))
     router.route(event("task-succeeded", "w@h", 6, uuid="a", runtime=0.1))
     router.route(event("task-succeeded", "w@h", 7, uuid="never-received"))
@@ -109,10 +110,10 @@ def test_the_event_families_count_every_drop_once_whoever_dropped_it() -> None:
 def test_the_recorder_keeps_counting_its_own_drops() -> None:
     recorder = Recorder(TaskStore())
     dropped = DroppedEvents(recorder)
-    recorder.record({"type": "task-exploded", "uuid": "u", "hostname": "w@h"})
+    recorder.record(TaskEvent("task-started", "u", "w@h"))
     dropped.drop("undecodable")
     dropped.received()
     dropped.lost(4)
 
-    assert recorder.counts() == RecorderStats(1, {"unknown_type": 1})
-    assert dropped.counts() == RecorderStats(3, {"unknown_type": 1, "undecodable": 1, "lost": 4})
+    assert recorder.counts() == RecorderStats(1, {"unknown_task": 1})
+    assert dropped.counts() == RecorderStats(3, {"unknown_task": 1, "undecodable": 1, "lost": 4})

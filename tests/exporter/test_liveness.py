@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from celery_prom.exporter.liveness import Clock, WorkerLiveness
 from celery_prom.recorder import Recorder
 from celery_prom.store import TaskStore
+from celery_prom.task_event import TaskEvent
 from tests.exporter_process import RawEvents, event, hostname, plain_worker, running_exporter_for
 from tests.support import Broker, Scrape, WorkerProcess
 
@@ -139,6 +140,49 @@ def test_no_purge_while_disconnected_nor_before_workers_could_report_again() -> 
     assert h.liveness.purge_offline() == ["w@h"]
 
 
+def advertising(host: str, sent_at: float, address: object) -> dict[str, Any]:
+    return heartbeat(host, sent_at, celery_prom_address=address)
+
+
+def test_the_targets_are_the_addresses_of_workers_that_have_not_said_goodbye() -> None:
+    h = Harness(timeout=30, purge_after=600)
+    h.liveness.observe(advertising("b@h", 1.0, "10.0.0.2:9808"))
+    h.liveness.observe(advertising("a@h", 1.0, "[fd00::1]:9810"))
+    h.liveness.observe(advertising("gone@h", 1.0, "10.0.0.3:9808"))
+    h.liveness.observe(heartbeat("plain@h", 1.0))
+    h.liveness.observe({"type": "worker-offline", "hostname": "gone@h", "timestamp": 2.0})
+    h.clock.now += 31  # every worker is down now, none purged
+
+    assert h.liveness.targets() == [("a@h", "[fd00::1]:9810"), ("b@h", "10.0.0.2:9808")]
+
+
+def test_a_purged_worker_leaves_the_targets() -> None:
+    h = Harness(timeout=30, purge_after=600)
+    h.liveness.observe(advertising("w@h", 1.0, "10.0.0.2:9808"))
+    h.clock.now += 601
+    assert h.liveness.purge_offline() == ["w@h"]
+    assert h.liveness.targets() == []
+
+
+def test_the_latest_event_says_where_a_worker_is() -> None:
+    h = Harness()
+    h.liveness.observe(advertising("w@h", 1.0, "10.0.0.2:9808"))
+    h.liveness.observe(advertising("w@h", 2.0, "10.0.0.2:9809"))
+    assert h.liveness.targets() == [("w@h", "10.0.0.2:9809")]
+    h.liveness.observe(heartbeat("w@h", 3.0))  # its endpoint went away, the worker did not
+    assert h.liveness.targets() == []
+
+
+@pytest.mark.parametrize(
+    "address", [9808, "10.0.0.2", "10.0.0.2:http", "bad host:9808", "x" * 300 + ":9808"]
+)
+def test_an_unusable_address_leaves_the_worker_alive_but_unlisted(address: object) -> None:
+    h = Harness()
+    assert h.liveness.observe(advertising("w@h", 1.0, address)) is None
+    assert h.value("celery_worker_up", "w@h") == 1
+    assert h.liveness.targets() == []
+
+
 @pytest.mark.slow
 def test_the_exporter_purges_a_silent_worker_and_drops_its_late_events(
     own_redis_broker: Broker, tmp_path: Path
@@ -203,14 +247,9 @@ def test_memory_stays_flat_while_thousands_of_workers_come_and_go() -> None:
             assert liveness.observe(heartbeat(host, clock.wall(), active=1)) is None
             for kind in ("task-received", "task-started", "task-succeeded"):
                 recorder.record(
-                    {
-                        "type": kind,
-                        "uuid": f"t{index}",
-                        "hostname": host,
-                        "timestamp": clock.wall(),
-                        "name": "app.add",
-                        "runtime": 0.1,
-                    }
+                    TaskEvent(
+                        kind, f"t{index}", host, "app.add", timestamp=clock.wall(), runtime=0.1
+                    )
                 )
         clock.now += 601
         purged = liveness.purge_offline()

@@ -34,6 +34,15 @@ class PrometheusServer(ServingProcess):
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
+    def active_targets(self, job: str) -> list[dict[str, Any]]:
+        """The targets Prometheus scrapes for ``job``, as its targets API describes them."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/targets?state=active"
+        body = json.loads(http_get(url))
+        assert body["status"] == "success", body
+        return [
+            target for target in body["data"]["activeTargets"] if target["labels"].get("job") == job
+        ]
+
     def has_finite_sample(self, expr: str) -> bool:
         return any(math.isfinite(float(sample["value"][1])) for sample in self.query(expr))
 

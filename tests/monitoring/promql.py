@@ -15,6 +15,7 @@ from celery_prom.metrics import CATALOGUE, MetricType, ServedBy
 from tests.support import REPO
 
 MONITORING = REPO / "monitoring"
+DEPLOYING = REPO / "docs" / "deploying.md"
 RULE_FILES = sorted((MONITORING / "rules").glob("*.yml"))
 RECORDING_RULES = MONITORING / "rules" / "celery-recording.yml"
 ALERT_RULES = MONITORING / "rules" / "celery-alerts.yml"
@@ -99,6 +100,12 @@ def exposed_names(served_by: frozenset[ServedBy] = frozenset(ServedBy)) -> set[s
 
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def yaml_examples(page: Path) -> list[Any]:
+    """The YAML code blocks of a Markdown page, parsed."""
+    blocks = re.findall(r"```yaml\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+    return [yaml.safe_load(block) for block in blocks]
 
 
 def rules(*paths: Path) -> list[dict[str, Any]]:

@@ -129,6 +129,11 @@ def test_overview_shows_what_an_operator_needs() -> None:
         "celery_worker_up",
         "up",
         "hostname:celery_worker_tasks_active:max",
+        "entry_name:celery_beat_tasks_sent:rate5m",
+        "entry_name:celery_beat_send_errors:rate5m",
+        "entry:celery_beat_lateness_seconds:mean5m",
+        "entry:celery_beat_next_run_timestamp_seconds:max",
+        "celery_beat_tick_timestamp_seconds",
         "ALERTS",
     } <= names
 

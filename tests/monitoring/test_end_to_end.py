@@ -1,10 +1,12 @@
-"""The monitoring bundle against a real Prometheus scraping a real prefork worker: every
-recording rule and every dashboard query returns data, and CeleryWorkerDown fires when the
-worker is killed.
+"""The monitoring bundle against a real Prometheus scraping a real prefork worker and a real
+beat: every recording rule and every dashboard query returns data, CeleryWorkerDown fires
+when the worker is killed and CeleryBeatDown when beat stops.
 
 The worker runs on RabbitMQ, with ``celery-prom exporter`` beside it (job
 ``celery-exporter``): RabbitMQ is the broker that reports queue consumers, so the queries
-that read exporter-only families (queue lengths, consumers, heartbeats) have data too.
+that read exporter-only families (queue lengths, consumers, heartbeats) have data too. Beat
+(job ``celery-beat``) sends an entry every second to a queue of its own, so the worker's
+counts stay the waves'.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tests.monitoring.promql import (
     recorded_names,
     substitute,
 )
-from tests.support import Broker, WorkerProcess, running_worker, wait_for
+from tests.support import Broker, WorkerProcess, running_beat, running_worker, wait_for
 
 T = "cptest_tasks."
 #: Each wave: (task, args) messages; flaky(1) fails once, retries, then succeeds.
@@ -74,12 +76,12 @@ def all_dashboard_queries(variables: dict[str, str]) -> list[str]:
     ]
 
 
-def alert_rules_with_short_worker_down(directory: Path) -> Path:
-    """The alert rules with CeleryWorkerDown's ``for`` cut to a second."""
+def alert_rules_with_short_down_alerts(directory: Path) -> Path:
+    """The alert rules with CeleryWorkerDown's and CeleryBeatDown's ``for`` cut to a second."""
     rules = load_yaml(ALERT_RULES)
     for group in rules["groups"]:
         for rule in group["rules"]:
-            if rule.get("alert") == "CeleryWorkerDown":
+            if rule.get("alert") in ("CeleryWorkerDown", "CeleryBeatDown"):
                 rule["for"] = "1s"
     path = directory / "celery-alerts.yml"
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
@@ -89,6 +91,14 @@ def alert_rules_with_short_worker_down(directory: Path) -> Path:
 def send(app: Any, wave: Wave) -> None:
     for task, args in wave:
         app.send_task(f"{T}{task}", args=args)
+
+
+def wait_until_fired(prometheus: PrometheusServer, alert: str) -> list[dict[str, Any]]:
+    firing = wait_for(
+        lambda: prometheus.query(f'ALERTS{{alertname="{alert}", alertstate="firing"}}'),
+        what=f"{alert} to fire",
+    )
+    return [sample["metric"] for sample in firing]
 
 
 def wait_until_scraped(prometheus: PrometheusServer, total_started: int) -> None:
@@ -166,17 +176,19 @@ def test_only_queue_heartbeat_and_consumer_queries_need_the_exporter() -> None:
 
 
 @pytest.mark.slow
-def test_rules_and_dashboards_return_data_and_worker_down_fires(
+def test_rules_and_dashboards_return_data_and_worker_and_beat_down_fire(
     amqp_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
 ) -> None:
-    rule_files = [RECORDING_RULES, alert_rules_with_short_worker_down(tmp_path)]
+    rule_files = [RECORDING_RULES, alert_rules_with_short_down_alerts(tmp_path)]
     with (
         running_worker(amqp_broker, tmp_path, concurrency=2) as worker,
         running_exporter_for(amqp_broker, tmp_path, "-Q", worker.queue) as exporter,
+        running_beat(amqp_broker, tmp_path, {"every-second": 1.0}) as beat,
     ):
         targets = {
             "celery-worker": [f"127.0.0.1:{worker.port}"],
             "celery-exporter": [f"127.0.0.1:{exporter.port}"],
+            "celery-beat": [f"127.0.0.1:{beat.port}"],
         }
         worker_records, _, exporter_records = split(sorted(recorded_names(*RULE_FILES)))
         worker_queries, alert_queries, exporter_queries = split(
@@ -195,16 +207,10 @@ def test_rules_and_dashboards_return_data_and_worker_down_fires(
                 prometheus,
                 worker_records + worker_queries + exporter_records + exporter_queries,
             )
-            assert prometheus.query('ALERTS{alertname="CeleryWorkerDown"}') == []
+            assert prometheus.query('ALERTS{alertname=~"CeleryWorkerDown|CeleryBeatDown"}') == []
 
             kill(worker)
-            firing = wait_for(
-                lambda: prometheus.query(
-                    'ALERTS{alertname="CeleryWorkerDown", alertstate="firing"}'
-                ),
-                what="CeleryWorkerDown to fire",
-            )
-            assert [alert["metric"] for alert in firing] == [
+            assert wait_until_fired(prometheus, "CeleryWorkerDown") == [
                 {
                     "__name__": "ALERTS",
                     "alertname": "CeleryWorkerDown",
@@ -215,3 +221,15 @@ def test_rules_and_dashboards_return_data_and_worker_down_fires(
                 }
             ]
             assert without_data(prometheus, alert_queries) == []
+
+            beat.stop()
+            assert wait_until_fired(prometheus, "CeleryBeatDown") == [
+                {
+                    "__name__": "ALERTS",
+                    "alertname": "CeleryBeatDown",
+                    "alertstate": "firing",
+                    "instance": f"127.0.0.1:{beat.port}",
+                    "job": "celery-beat",
+                    "severity": "critical",
+                }
+            ]

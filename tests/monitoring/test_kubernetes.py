@@ -13,12 +13,10 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions, latest_version
 
-from tests.monitoring.promql import MONITORING, RULE_FILES, load_yaml
-from tests.support import REPO
+from tests.monitoring.promql import DEPLOYING, MONITORING, RULE_FILES, load_yaml, yaml_examples
 from tools.prometheus_rule import OUTPUT, render, stale
 
 KUBERNETES = MONITORING / "kubernetes"
-DEPLOYING = REPO / "docs" / "deploying.md"
 #: The oldest and newest Kubernetes versions kubernetes-validate has schemas for.
 VERSIONS = [all_versions()[0], latest_version()]
 
@@ -183,9 +181,8 @@ def test_promtool_accepts_the_prometheus_rule_groups(
 
 
 def documented_yaml() -> list[dict[str, Any]]:
-    """The YAML examples of docs/deploying.md."""
-    blocks = re.findall(r"```yaml\n(.*?)```", DEPLOYING.read_text(encoding="utf-8"), flags=re.S)
-    return [yaml.safe_load(block) for block in blocks]
+    """The Kubernetes objects among the YAML examples of docs/deploying.md."""
+    return [doc for doc in yaml_examples(DEPLOYING) if isinstance(doc, dict) and "kind" in doc]
 
 
 def test_the_documented_overlay_uses_the_exported_directory_and_sets_the_exporter_image(

@@ -107,11 +107,14 @@ def test_threshold_overrides_record_defaults_with_one_label() -> None:
         "celery_alert:queue_backlog_messages:threshold",
         "celery_alert:queue_wait_p95_seconds:threshold",
         "celery_alert:task_failure_ratio:threshold",
+        "celery_alert:beat_entry_lateness_seconds:threshold",
+        "celery_alert:beat_entry_overdue_seconds:threshold",
+        "celery_alert:beat_tick_age_seconds:threshold",
     }
     for override in rules(THRESHOLDS_EXAMPLE):
         assert override["record"] in defaults
         assert len(override["labels"]) == 1
-        assert set(override["labels"]) <= {"queue_name", "name"}
+        assert set(override["labels"]) <= {"queue_name", "name", "entry"}
 
 
 def test_the_monitoring_page_documents_every_alert() -> None:

@@ -249,6 +249,49 @@ def workers(grid: Grid) -> None:
     )
 
 
+def beat(grid: Grid) -> None:
+    grid.add_row("Beat")
+    grid.add(
+        timeseries(
+            "Beat sends / s by entry",
+            "Tasks beat sent per second for each schedule entry, and sends that failed.",
+            [
+                Query("sum by (entry) (entry_name:celery_beat_tasks_sent:rate5m)", "{{entry}}"),
+                Query(
+                    "sum by (entry) (entry_name:celery_beat_send_errors:rate5m)",
+                    "{{entry}} failed",
+                ),
+            ],
+            unit="ops",
+        )
+    )
+    grid.add(
+        timeseries(
+            "Beat lateness by entry",
+            "How long after their due time beat sent each entry's tasks (mean over 5 m).",
+            [Query("entry:celery_beat_lateness_seconds:mean5m", "{{entry}}")],
+            unit="s",
+        )
+    )
+    grid.add(
+        timeseries(
+            "Next run by entry",
+            "Seconds until each entry is due; below zero it is overdue.",
+            [Query("entry:celery_beat_next_run_timestamp_seconds:max - time()", "{{entry}}")],
+            unit="s",
+        )
+    )
+    grid.add(
+        timeseries(
+            "Since the scheduler's last tick",
+            "Seconds since each beat's scheduler finished a tick; it sleeps at most its max "
+            "interval between ticks.",
+            [Query("time() - celery_beat_tick_timestamp_seconds", "{{instance}}")],
+            unit="s",
+        )
+    )
+
+
 def tables(grid: Grid) -> None:
     grid.add_row("Tasks and alerts")
     grid.add(
@@ -282,6 +325,7 @@ def tables(grid: Grid) -> None:
                 "severity": "Severity",
                 "queue_name": "Queue",
                 "name": "Task",
+                "entry": "Beat entry",
                 "hostname": "Worker",
                 "instance": "Instance",
             },
@@ -292,12 +336,13 @@ def tables(grid: Grid) -> None:
 
 def build() -> JSON:
     grid = Grid()
-    for section in (summary_stats, throughput, latency, queues, workers, tables):
+    for section in (summary_stats, throughput, latency, queues, workers, beat, tables):
         section(grid)
     return dashboard(
         UID,
         "Celery / Overview",
-        "Throughput, failures, latency, queues and workers of a Celery deployment (celery-prom).",
+        "Throughput, failures, latency, queues, workers and beat of a Celery deployment "
+        "(celery-prom).",
         [datasource_variable()],
         grid,
     )
