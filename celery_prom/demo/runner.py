@@ -174,13 +174,13 @@ def _run(
     return status
 
 
+def _demo_celery(*args: str) -> list[str]:
+    """The ``celery`` command line running the demo app's ``args`` command."""
+    return [sys.executable, "-m", "celery", "-A", "celery_prom.demo.app", *args]
+
+
 def _worker_command(options: DemoOptions, folder: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "celery_prom.demo.app",
+    return _demo_celery(
         "worker",
         "-P",
         "prefork",
@@ -199,22 +199,11 @@ def _worker_command(options: DemoOptions, folder: Path) -> list[str]:
         str(options.worker_port),
         "--prom-host",
         options.host,
-    ]
+    )
 
 
 def _exporter_command(options: DemoOptions) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "celery_prom.demo.app",
-        "prom",
-        "--port",
-        str(options.exporter_port),
-        "--host",
-        options.host,
-    ]
+    return _demo_celery("prom", "--port", str(options.exporter_port), "--host", options.host)
 
 
 def _demo_app(broker: Broker) -> Any:
