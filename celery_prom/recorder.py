@@ -251,13 +251,15 @@ class Recorder:
         if attempt.ready_at is not None:
             wait = max(0.0, _timestamp(event) - attempt.ready_at)
         attempt.started = True
-        self.store.count_start(attempt.key, wait)
+        self.store.count_start(attempt.key, wait, task_id=task[1])
 
     def _on_succeeded(self, task: tuple[str, str], event: Mapping[str, Any]) -> None:
         runtime = _optional_number(event, "runtime")
         key = self._finish(task, event)
         if key is not None:
-            self.store.count_success(key, None if runtime is None else max(0.0, runtime))
+            self.store.count_success(
+                key, None if runtime is None else max(0.0, runtime), task_id=task[1]
+            )
 
     def _on_failed(self, task: tuple[str, str], event: Mapping[str, Any]) -> None:
         exception = _exception_label(event)
