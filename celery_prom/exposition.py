@@ -122,10 +122,8 @@ def _histogram_lines(
 
 def _exemplar_text(exemplar: TaskExemplar) -> str:
     """`` # {task_id="..."} value timestamp`` and the line's end (OpenMetrics only)."""
-    return (
-        f' # {{{EXEMPLAR_LABEL}="{_escape(exemplar.task_id)}"}} '
-        f"{format_value(exemplar.value)} {exemplar.timestamp:.3f}\n"
-    )
+    task_id, value, timestamp = exemplar
+    return f' # {{{EXEMPLAR_LABEL}="{_escape(task_id)}"}} {format_value(value)} {timestamp:.3f}\n'
 
 
 def _le_values(bounds: tuple[float, ...]) -> tuple[str, ...]:

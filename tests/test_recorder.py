@@ -97,12 +97,12 @@ def test_queue_wait_and_runtime_observations_name_their_task(
 
     snap = store.snapshot(KEY)
     assert snap is not None
-    assert [e and (e.task_id, e.value) for e in snap.queue_wait.exemplars] == [
+    assert [e and e[:2] for e in snap.queue_wait.exemplars] == [
         None,
         ("t1", 2.0),
         None,
     ]
-    assert [e and (e.task_id, e.value) for e in snap.runtime.exemplars] == [None, ("t1", 0.5), None]
+    assert [e and e[:2] for e in snap.runtime.exemplars] == [None, ("t1", 0.5), None]
 
 
 def test_outcome_events_need_no_name_or_queue_of_their_own(
