@@ -6,6 +6,10 @@ benchmarks/exporter_scrape.py). The task store's series instead keep their rende
 until they change, so a scrape costs one join over cached strings plus the series that
 changed since the last one. Everything else goes through a registry and prometheus_client's
 own encoders (``endpoint``).
+
+The OpenMetrics format adds each histogram bucket's exemplar (the task id of its latest
+observation); the text format has no exemplars. Each format keeps its own cache, so a
+server scraped in both renders a changed series once per format.
 """
 
 from __future__ import annotations
@@ -16,12 +20,17 @@ from collections.abc import Iterable
 from celery_prom import metrics
 from celery_prom.metrics import Family
 from celery_prom.store import (
+    EXEMPLAR_LABEL,
+    Histogram,
     SeriesKey,
     SeriesSnapshot,
+    TaskExemplar,
     TaskStore,
     cumulative_buckets,
     format_value,
 )
+
+_Cache = dict[SeriesKey, tuple[int, tuple[str, ...]]]
 
 _TASK_FAMILIES: tuple[Family, ...] = (
     *metrics.TASK_COUNTERS,
@@ -37,34 +46,34 @@ class TaskExposition:
         self._store = store
         self._runtime_les = _le_values(store.runtime_bounds)
         self._wait_les = _le_values(store.queue_wait_bounds)
-        self._cache: dict[SeriesKey, tuple[int, tuple[str, ...]]] = {}
+        self._caches: dict[bool, _Cache] = {False: {}, True: {}}  # by ``openmetrics``
         # Concurrent scrapes would render the same changed series twice; one at a time.
         self._lock = threading.Lock()
 
     def render(self, openmetrics: bool = False) -> str:
         with self._lock:
-            chunks = self._current_chunks()
+            chunks = self._current_chunks(openmetrics)
         parts: list[str] = []
         for index, family in enumerate(_TASK_FAMILIES):
             parts.append(_header(family, openmetrics))
             parts.extend(series[index] for series in chunks)
         return "".join(parts)
 
-    def _current_chunks(self) -> list[tuple[str, ...]]:
-        cache = self._cache
-        fresh: dict[SeriesKey, tuple[int, tuple[str, ...]]] = {}
+    def _current_chunks(self, openmetrics: bool) -> list[tuple[str, ...]]:
+        cache = self._caches[openmetrics]
+        fresh: _Cache = {}
         for key, version in self._store.versions():
             cached = cache.get(key)
             if cached is None or cached[0] != version:
                 snapshot = self._store.snapshot(key)
                 if snapshot is None:  # forgotten since versions() was taken
                     continue
-                cached = (snapshot.version, self._render_series(snapshot))
+                cached = (snapshot.version, self._render_series(snapshot, openmetrics))
             fresh[key] = cached
-        self._cache = fresh
+        self._caches[openmetrics] = fresh
         return [chunks for _, chunks in fresh.values()]
 
-    def _render_series(self, snap: SeriesSnapshot) -> tuple[str, ...]:
+    def _render_series(self, snap: SeriesSnapshot, openmetrics: bool) -> tuple[str, ...]:
         labels = _label_text(metrics.TASK_LABELS, snap.key)
         chunks = [
             f"{family.name}{{{labels}}} {value}.0\n"
@@ -77,24 +86,11 @@ class TaskExposition:
                 for exception, count in snap.failures
             )
         )
-        chunks.append(
-            _histogram_lines(
-                metrics.TASK_RUNTIME.name,
-                labels,
-                self._runtime_les,
-                snap.runtime.buckets,
-                snap.runtime.sum,
-            )
-        )
-        chunks.append(
-            _histogram_lines(
-                metrics.TASK_QUEUE_WAIT.name,
-                labels,
-                self._wait_les,
-                snap.queue_wait.buckets,
-                snap.queue_wait.sum,
-            )
-        )
+        for family, les, histogram in (
+            (metrics.TASK_RUNTIME, self._runtime_les, snap.runtime),
+            (metrics.TASK_QUEUE_WAIT, self._wait_les, snap.queue_wait),
+        ):
+            chunks.append(_histogram_lines(family.name, labels, les, histogram, openmetrics))
         return tuple(chunks)
 
 
@@ -110,16 +106,24 @@ def _header(family: Family, openmetrics: bool) -> str:
 
 
 def _histogram_lines(
-    name: str, labels: str, les: tuple[str, ...], buckets: list[int], total: float
+    name: str, labels: str, les: tuple[str, ...], histogram: Histogram, openmetrics: bool
 ) -> str:
     lines = []
     cumulative = 0
-    for le, count in zip(les, buckets, strict=True):
+    exemplars = histogram.exemplars if openmetrics else (None,) * len(les)
+    for le, count, exemplar in zip(les, histogram.buckets, exemplars, strict=True):
         cumulative += count
-        lines.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}.0\n')
+        suffix = "\n" if exemplar is None else _exemplar_text(exemplar)
+        lines.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}.0{suffix}')
     lines.append(f"{name}_count{{{labels}}} {cumulative}.0\n")
-    lines.append(f"{name}_sum{{{labels}}} {format_value(total)}\n")
+    lines.append(f"{name}_sum{{{labels}}} {format_value(histogram.sum)}\n")
     return "".join(lines)
+
+
+def _exemplar_text(exemplar: TaskExemplar) -> str:
+    """`` # {task_id="..."} value timestamp`` and the line's end (OpenMetrics only)."""
+    task_id, value, timestamp = exemplar
+    return f' # {{{EXEMPLAR_LABEL}="{_escape(task_id)}"}} {format_value(value)} {timestamp:.3f}\n'
 
 
 def _le_values(bounds: tuple[float, ...]) -> tuple[str, ...]:

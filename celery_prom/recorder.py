@@ -199,13 +199,15 @@ class Recorder:
         if attempt.ready_at is not None and event.timestamp is not None:
             wait = max(0.0, event.timestamp - attempt.ready_at)
         attempt.started = True
-        self.store.count_start(attempt.key, wait)
+        self.store.count_start(attempt.key, wait, task_id=task[1])
 
     def _on_succeeded(self, task: tuple[str, str], event: TaskEvent) -> None:
         key = self._finish(task, event)
         if key is not None:
             runtime = event.runtime
-            self.store.count_success(key, None if runtime is None else max(0.0, runtime))
+            self.store.count_success(
+                key, None if runtime is None else max(0.0, runtime), task_id=task[1]
+            )
 
     def _on_failed(self, task: tuple[str, str], event: TaskEvent) -> None:
         key = self._finish(task, event)

@@ -8,6 +8,7 @@ of series that did not change since the last scrape.
 from __future__ import annotations
 
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from celery_prom import metrics
@@ -36,18 +38,32 @@ RECEIVED, STARTED, SUCCEEDED, RETRIED, REVOKED, REJECTED, REPLACED, IGNORED = ra
 )
 
 
-class Histogram:
-    """Per-bucket (not cumulative) observation counts plus their sum."""
+#: The exemplar label naming the task of an observation.
+EXEMPLAR_LABEL = "task_id"
+#: OpenMetrics caps an exemplar's label names and values at 128 UTF-8 characters together.
+MAX_EXEMPLAR_TASK_ID = 128 - len(EXEMPLAR_LABEL)
 
-    __slots__ = ("buckets", "sum")
+
+#: The latest observation of one bucket: (task id, value, Unix time). A plain tuple: it is
+#: made on every observation, and a NamedTuple's constructor costs twice as much.
+TaskExemplar = tuple[str, float, float]
+
+
+class Histogram:
+    """Per-bucket (not cumulative) observation counts, their sum, and each bucket's
+    latest observation that named its task."""
+
+    __slots__ = ("buckets", "exemplars", "sum")
 
     def __init__(self, size: int) -> None:
         self.buckets = [0] * size
+        self.exemplars: list[TaskExemplar | None] = [None] * size
         self.sum = 0.0
 
     def copy(self) -> Histogram:
         clone = Histogram(0)
         clone.buckets = self.buckets.copy()
+        clone.exemplars = self.exemplars.copy()
         clone.sum = self.sum
         return clone
 
@@ -130,20 +146,26 @@ class TaskStore:
             series.failures[exception] = series.failures.get(exception, 0) + 1
             series.version += 1
 
-    def count_success(self, key: SeriesKey, runtime: float | None) -> None:
+    def count_success(
+        self, key: SeriesKey, runtime: float | None, task_id: str | None = None
+    ) -> None:
+        """A success, and its runtime observed (with ``task_id`` as exemplar) if known."""
         with self._lock:
             series = self._series_for(key)
             series.counters[SUCCEEDED] += 1
             if runtime is not None:
-                _observe(series.runtime, self.runtime_bounds, runtime)
+                _observe(series.runtime, self.runtime_bounds, runtime, task_id)
             series.version += 1
 
-    def count_start(self, key: SeriesKey, queue_wait: float | None) -> None:
+    def count_start(
+        self, key: SeriesKey, queue_wait: float | None, task_id: str | None = None
+    ) -> None:
+        """A start, and its queue wait observed (with ``task_id`` as exemplar) if known."""
         with self._lock:
             series = self._series_for(key)
             series.counters[STARTED] += 1
             if queue_wait is not None:
-                _observe(series.queue_wait, self.queue_wait_bounds, queue_wait)
+                _observe(series.queue_wait, self.queue_wait_bounds, queue_wait, task_id)
             series.version += 1
 
     def forget_hostname(self, hostname: str) -> int:
@@ -211,9 +233,7 @@ class TaskStore:
             histogram = new_family(family, HistogramMetricFamily)
             for snap in snapshots:
                 values = pick(snap)
-                histogram.add_metric(
-                    snap.key, cumulative_buckets(bounds, values.buckets), values.sum
-                )
+                histogram.add_metric(snap.key, _buckets_with_exemplars(bounds, values), values.sum)
             yield histogram
 
     # -- internals -------------------------------------------------------------------------
@@ -260,9 +280,31 @@ def _queue_wait_of(snap: SeriesSnapshot) -> Histogram:
     return snap.queue_wait
 
 
-def _observe(histogram: Histogram, bounds: tuple[float, ...], value: float) -> None:
-    histogram.buckets[bisect_left(bounds, value)] += 1
+def _buckets_with_exemplars(
+    bounds: Sequence[float], histogram: Histogram
+) -> list[tuple[str, float] | tuple[str, float, Exemplar]]:
+    return [
+        bucket if exemplar is None else (*bucket, _client_exemplar(exemplar))
+        for bucket, exemplar in zip(
+            cumulative_buckets(bounds, histogram.buckets), histogram.exemplars, strict=True
+        )
+    ]
+
+
+def _client_exemplar(exemplar: TaskExemplar) -> Exemplar:
+    task_id, value, timestamp = exemplar
+    return Exemplar({EXEMPLAR_LABEL: task_id}, value, timestamp)
+
+
+def _observe(
+    histogram: Histogram, bounds: tuple[float, ...], value: float, task_id: str | None
+) -> None:
+    index = bisect_left(bounds, value)
+    histogram.buckets[index] += 1
     histogram.sum += value
+    # An id too long to be shown leaves the bucket's previous exemplar in place.
+    if task_id is not None and len(task_id) <= MAX_EXEMPLAR_TASK_ID:
+        histogram.exemplars[index] = (task_id, value, time.time())
 
 
 class LabelOverflowCollector:

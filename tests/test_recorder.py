@@ -91,6 +91,23 @@ def test_a_successful_task_counts_received_started_succeeded_and_its_runtime(
     assert snap.runtime.sum == 0.5
 
 
+def test_queue_wait_and_runtime_observations_name_their_task(
+    events: Events, store: TaskStore
+) -> None:
+    events.received("t1", sent_at=998.0)
+    events.send("task-started", "t1")
+    events.send("task-succeeded", "t1", runtime=0.5)
+
+    snap = store.snapshot(KEY)
+    assert snap is not None
+    assert [e and e[:2] for e in snap.queue_wait.exemplars] == [
+        None,
+        ("t1", 2.0),
+        None,
+    ]
+    assert [e and e[:2] for e in snap.runtime.exemplars] == [None, ("t1", 0.5), None]
+
+
 def test_outcome_events_need_no_name_or_queue_of_their_own(
     events: Events, store: TaskStore
 ) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from celery_prom.metrics import OVERFLOW_LABEL_VALUE, LabelLimits
 from celery_prom.store import (
+    MAX_EXEMPLAR_TASK_ID,
     RECEIVED,
     SUCCEEDED,
+    Histogram,
     LabelOverflowCollector,
     TaskStore,
     cumulative_buckets,
@@ -53,6 +56,52 @@ def test_a_success_without_runtime_counts_without_an_observation() -> None:
     snap = store.snapshot(KEY)
     assert snap is not None
     assert (snap.counters[SUCCEEDED], snap.runtime.buckets) == (1, [0, 0])
+
+
+def exemplars(histogram: Histogram) -> list[tuple[str, float] | None]:
+    return [None if e is None else e[:2] for e in histogram.exemplars]
+
+
+def test_each_bucket_keeps_its_latest_observation_that_named_a_task() -> None:
+    store = TaskStore(runtime_buckets=(0.1, 1.0), queue_wait_buckets=(1.0,))
+    before = time.time()
+    store.count_success(KEY, 0.05, task_id="a")
+    store.count_success(KEY, 0.5, task_id="b")
+    store.count_success(KEY, 0.07, task_id="c")
+    store.count_success(KEY, 0.08)
+    store.count_success(KEY, 0.09, task_id=None)
+    store.count_start(KEY, 3.0, task_id="w")
+    after = time.time()
+
+    snap = store.snapshot(KEY)
+    assert snap is not None
+    assert exemplars(snap.runtime) == [("c", 0.07), ("b", 0.5), None]
+    assert exemplars(snap.queue_wait) == [None, ("w", 3.0)]
+    stamps = [e[2] for e in (*snap.runtime.exemplars, *snap.queue_wait.exemplars) if e]
+    assert all(before <= stamp <= after for stamp in stamps)
+
+
+def test_a_task_id_too_long_for_openmetrics_leaves_the_previous_exemplar() -> None:
+    store = TaskStore(runtime_buckets=(1.0,))
+    longest = "x" * MAX_EXEMPLAR_TASK_ID
+    store.count_success(KEY, 0.5, task_id=longest)
+    store.count_success(KEY, 0.6, task_id=longest + "y")
+
+    snap = store.snapshot(KEY)
+    assert snap is not None
+    assert MAX_EXEMPLAR_TASK_ID == 121  # 128 characters less the label name "task_id"
+    assert exemplars(snap.runtime) == [(longest, 0.5), None]
+    assert snap.runtime.buckets == [2, 0]
+
+
+def test_a_snapshot_keeps_the_exemplars_of_its_time() -> None:
+    store = TaskStore(runtime_buckets=(1.0,))
+    store.count_success(KEY, 0.5, task_id="a")
+    snap = store.snapshot(KEY)
+    store.count_success(KEY, 0.6, task_id="b")
+
+    assert snap is not None
+    assert exemplars(snap.runtime) == [("a", 0.5), None]
 
 
 def test_every_change_bumps_the_version() -> None:

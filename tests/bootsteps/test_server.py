@@ -15,8 +15,11 @@ from typing import Any
 
 import bcrypt
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
 
-from tests.bootsteps.test_tap import MIX_EXPECTED, assert_counts, run_mix
+from tests.bootsteps.test_tap import MIX_EXPECTED, T, assert_counts, run_mix
 from tests.certs import make_pki
 from tests.support import (
     Broker,
@@ -331,6 +334,54 @@ def test_buckets_and_caps_come_from_the_environment(
     assert scrape.value("celery_task_succeeded_total", **first) == 1
     assert scrape.value("celery_task_succeeded_total", **overflow) == 1
     assert scrape.value("celery_prom_label_overflow_total", label="name") == 3
+
+
+#: Runtime buckets that sleeps of 0, 0.4 and 1.2 s fall into one each; one queue-wait bucket.
+EXEMPLAR_BUCKETS = {"runtime_buckets": "0.2,1", "queue_wait_buckets": "60"}
+
+
+#: What Prometheus asks for first when it can store exemplars.
+OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0"
+
+
+def scrape_exemplars(port: int, sample: str) -> dict[str, str]:
+    """The exemplar task ids of ``sample``'s lines on an OpenMetrics scrape, by ``le``
+    (the bucket samples of one series)."""
+    text = http_get(f"http://127.0.0.1:{port}/metrics", {"Accept": OPENMETRICS_ACCEPT})
+    return {
+        line.labels["le"]: line.exemplar.labels["task_id"]
+        for family in parse_openmetrics(text)
+        for line in family.samples
+        if line.name == sample and line.exemplar is not None
+    }
+
+
+def send_sleeps_into_each_bucket(app: Any) -> dict[str, str]:
+    """Three sleep tasks, one per runtime bucket; their task ids by the bucket's ``le``."""
+    return {
+        le: app.send_task(f"{T}sleep", args=[seconds]).id
+        for le, seconds in (("0.2", 0.0), ("1.0", 0.4), ("+Inf", 1.2))
+    }
+
+
+@pytest.mark.slow
+def test_an_openmetrics_scrape_shows_the_tasks_run_as_exemplars(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    env = {f"CELERY_PROM_{key.upper()}": value for key, value in EXEMPLAR_BUCKETS.items()}
+    with running_worker(redis_broker, tmp_path, concurrency=1, env=env) as worker:
+        task_ids = send_sleeps_into_each_bucket(client_app_for(redis_broker, worker.queue))
+        worker.wait_for_scrape(
+            lambda s: s.total("celery_task_succeeded_total") == 3, what="three successes"
+        )
+        runtime = scrape_exemplars(worker.port, "celery_task_runtime_seconds_bucket")
+        queue_wait = scrape_exemplars(worker.port, "celery_task_queue_wait_seconds_bucket")
+        text = worker.scrape().text
+
+    assert runtime == task_ids
+    # -c 1 starts them in the order sent: the last one is the latest observation.
+    assert queue_wait == {"60.0": task_ids["+Inf"]}
+    assert " # {" not in text
 
 
 def test_a_worker_serves_tls_with_basic_auth(redis_broker: Broker, tmp_path: Path) -> None:

@@ -12,6 +12,11 @@ from typing import Any
 import pytest
 import redis
 
+from tests.bootsteps.test_server import (
+    EXEMPLAR_BUCKETS,
+    scrape_exemplars,
+    send_sleeps_into_each_bucket,
+)
 from tests.bootsteps.test_tap import MIX_EXPECTED, T, outcomes, send_mix
 from tests.exporter.test_liveness import worker_is_up
 from tests.exporter.test_receiver import succeeded, task_events
@@ -121,6 +126,26 @@ def test_an_instrumented_worker_is_not_counted_twice(
             )
             == 5
         )
+
+
+@pytest.mark.slow
+def test_an_openmetrics_scrape_shows_the_tasks_run_as_exemplars(
+    own_redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    buckets = [f"--{key.replace('_', '-')}={value}" for key, value in EXEMPLAR_BUCKETS.items()]
+    with (
+        plain_worker(own_redis_broker, tmp_path, "-c", "1") as worker,
+        running_exporter_for(own_redis_broker, tmp_path, *buckets) as exporter,
+    ):
+        exporter.wait_until_counting(worker)
+        task_ids = send_sleeps_into_each_bucket(client_app_for(own_redis_broker, worker.queue))
+        exporter.wait_for_scrape(
+            lambda s: s.total("celery_task_succeeded_total") == 3, what="three successes"
+        )
+
+        assert scrape_exemplars(exporter.port, "celery_task_runtime_seconds_bucket") == task_ids
+        # Plain task events carry no publish time: no queue-wait observations, no exemplars.
+        assert scrape_exemplars(exporter.port, "celery_task_queue_wait_seconds_bucket") == {}
 
 
 def task_counts(result: Scrape, worker: WorkerProcess) -> dict[str, dict[str, object]]:

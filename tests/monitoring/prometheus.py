@@ -43,6 +43,15 @@ class PrometheusServer(ServingProcess):
             target for target in body["data"]["activeTargets"] if target["labels"].get("job") == job
         ]
 
+    def exemplar_labels(self, expr: str) -> list[dict[str, str]]:
+        """The labels of every exemplar stored for the series of ``expr``, over all time."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/query_exemplars?" + urllib.parse.urlencode(
+            {"query": expr, "start": 0, "end": 2**32}
+        )
+        body = json.loads(http_get(url))
+        assert body["status"] == "success", body
+        return [exemplar["labels"] for series in body["data"] for exemplar in series["exemplars"]]
+
     def has_finite_sample(self, expr: str) -> bool:
         return any(math.isfinite(float(sample["value"][1])) for sample in self.query(expr))
 
@@ -64,10 +73,11 @@ def config(targets: dict[str, list[str]], rule_files: list[Path]) -> dict[str, A
 
 @contextlib.contextmanager
 def running_prometheus(
-    tmp_path: Path, targets: dict[str, list[str]], rule_files: list[Path]
+    tmp_path: Path, targets: dict[str, list[str]], rule_files: list[Path], *flags: str
 ) -> Iterator[PrometheusServer]:
     """Prometheus scraping ``targets`` (job name -> host:port list) with ``rule_files``."""
-    with prometheus_process(tmp_path / "prometheus", config(targets, rule_files)) as server:
+    configuration = config(targets, rule_files)
+    with prometheus_process(tmp_path / "prometheus", configuration, *flags) as server:
         yield server
 
 

@@ -115,6 +115,24 @@ def test_task_dashboard_filters_by_task_queue_and_worker() -> None:
         assert 'name=~"$task", queue_name=~"$queue", hostname=~"$worker"' in expr, expr
 
 
+def test_task_dashboard_marks_exemplars_on_the_latency_panels() -> None:
+    dashboard = load_dashboards()[TASK]
+    with_exemplars = {
+        panel["title"]: metric_names(target["expr"])
+        for panel in panels(dashboard)
+        for target in panel["targets"]
+        if target.get("exemplar")
+    }
+
+    runtime, queue_wait = (f"celery_task_{h}_seconds_bucket" for h in ("runtime", "queue_wait"))
+    assert with_exemplars == {
+        "Runtime": {runtime},
+        "Queue wait": {queue_wait},
+        "Runtime distribution": {runtime},
+        "Queue wait distribution": {queue_wait},
+    }
+
+
 def test_overview_shows_what_an_operator_needs() -> None:
     names = set().union(
         *(metric_names(query) for query in dashboard_queries(load_dashboards()[OVERVIEW]))

@@ -1,12 +1,13 @@
 """The monitoring bundle against a real Prometheus scraping a real prefork worker and a real
 beat: every recording rule and every dashboard query returns data, CeleryWorkerDown fires
-when the worker is killed and CeleryBeatDown when beat stops.
+when the worker is killed and CeleryBeatDown when beat stops, and Prometheus with exemplar
+storage keeps the task ids of the runs.
 
 The worker runs on RabbitMQ, with ``celery-prom exporter`` beside it (job
 ``celery-exporter``): RabbitMQ is the broker that reports queue consumers, so the queries
 that read exporter-only families (queue lengths, consumers, heartbeats) have data too. Beat
 (job ``celery-beat``) sends an entry every second to a queue of its own, so the worker's
-counts stay the waves'.
+counts stay the waves'. The exemplar test needs only the worker, on Redis.
 """
 
 from __future__ import annotations
@@ -101,14 +102,14 @@ def wait_until_fired(prometheus: PrometheusServer, alert: str) -> list[dict[str,
     return [sample["metric"] for sample in firing]
 
 
-def wait_until_scraped(prometheus: PrometheusServer, total_started: int) -> None:
-    """Until Prometheus holds the worker's count of started executions."""
+def wait_until_scraped(prometheus: PrometheusServer, total: int, outcome: str = "started") -> None:
+    """Until Prometheus holds the worker's count of executions with ``outcome``."""
 
     def scraped() -> bool:
-        result = prometheus.query('sum(celery_task_started_total{job="celery-worker"})')
-        return bool(result) and float(result[0]["value"][1]) == total_started
+        result = prometheus.query(f'sum(celery_task_{outcome}_total{{job="celery-worker"}})')
+        return bool(result) and float(result[0]["value"][1]) == total
 
-    wait_for(scraped, what=f"Prometheus to scrape {total_started} started tasks")
+    wait_for(scraped, what=f"Prometheus to scrape {total} {outcome} tasks")
 
 
 def without_data(prometheus: PrometheusServer, queries: list[str]) -> list[str]:
@@ -233,3 +234,24 @@ def test_rules_and_dashboards_return_data_and_worker_and_beat_down_fire(
                     "severity": "critical",
                 }
             ]
+
+
+@pytest.mark.slow
+def test_prometheus_stores_the_task_ids_of_the_runs_as_exemplars(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    with running_worker(redis_broker, tmp_path, concurrency=2) as worker:
+        targets = {"celery-worker": [f"127.0.0.1:{worker.port}"]}
+        flag = "--enable-feature=exemplar-storage"
+        with running_prometheus(tmp_path, targets, [], flag) as prometheus:
+            app = client_app_for(redis_broker, worker.queue)
+            task_ids = []
+            # One at a time, each scraped before the next: a later run in the same bucket
+            # would replace its exemplar before Prometheus saw it.
+            for index in range(1, 5):
+                task_ids.append(app.send_task(f"{T}noop").id)
+                wait_until_scraped(prometheus, index, "succeeded")
+
+            for histogram in ("runtime", "queue_wait"):
+                found = prometheus.exemplar_labels(f"celery_task_{histogram}_seconds_bucket")
+                assert sorted(labels["task_id"] for labels in found) == sorted(task_ids)

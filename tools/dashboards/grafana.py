@@ -18,10 +18,12 @@ GRID_COLUMNS = 24
 
 @dataclass(frozen=True)
 class Query:
-    """One PromQL query of a panel."""
+    """One PromQL query of a panel; with ``exemplars``, Grafana also fetches and marks the
+    exemplars of the series it selects."""
 
     expr: str
     legend: str = ""
+    exemplars: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ def targets(queries: list[Query], instant: bool = False, table: bool = False) ->
         }
         if table:
             target["format"] = "table"
+        if query.exemplars:
+            target["exemplar"] = True
         built.append(target)
     return built
 

@@ -47,9 +47,15 @@ def mean(histogram: str) -> str:
 
 
 def latency_queries(histogram: str) -> list[Query]:
+    """The quantiles and the mean; the first quantile brings the buckets' exemplars (the
+    same for every quantile: they select the same series)."""
     quantiles = [
-        Query(f"histogram_quantile({q}, {buckets(histogram)})", f"p{float(q) * 100:g}")
-        for q in QUANTILES
+        Query(
+            f"histogram_quantile({q}, {buckets(histogram)})",
+            f"p{float(q) * 100:g}",
+            exemplars=index == 0,
+        )
+        for index, q in enumerate(QUANTILES)
     ]
     return [*quantiles, Query(mean(histogram), "mean")]
 
@@ -130,7 +136,8 @@ def latency(grid: Grid) -> None:
     grid.add(
         timeseries(
             "Runtime",
-            "Run time of successful executions.",
+            "Run time of successful executions. Exemplars mark the task id of a recent run "
+            "per bucket (Prometheus needs exemplar storage on).",
             latency_queries("celery_task_runtime_seconds"),
             unit="s",
         )
@@ -138,7 +145,8 @@ def latency(grid: Grid) -> None:
     grid.add(
         timeseries(
             "Queue wait",
-            "Time from publish (or ETA) until a worker started it.",
+            "Time from publish (or ETA) until a worker started it. Exemplars mark the task id "
+            "of a recent start per bucket (Prometheus needs exemplar storage on).",
             latency_queries("celery_task_queue_wait_seconds"),
             unit="s",
         )
@@ -146,16 +154,18 @@ def latency(grid: Grid) -> None:
     grid.add(
         heatmap(
             "Runtime distribution",
-            "Successful executions per runtime bucket.",
-            Query(buckets("celery_task_runtime_seconds", "increase")),
+            "Successful executions per runtime bucket, with the task id of a recent run per "
+            "bucket as exemplar.",
+            Query(buckets("celery_task_runtime_seconds", "increase"), exemplars=True),
             unit="s",
         )
     )
     grid.add(
         heatmap(
             "Queue wait distribution",
-            "Started executions per queue-wait bucket.",
-            Query(buckets("celery_task_queue_wait_seconds", "increase")),
+            "Started executions per queue-wait bucket, with the task id of a recent start per "
+            "bucket as exemplar.",
+            Query(buckets("celery_task_queue_wait_seconds", "increase"), exemplars=True),
             unit="s",
         )
     )
