@@ -94,7 +94,7 @@ def test_a_successful_task_counts_received_started_succeeded_and_its_runtime(
 def test_queue_wait_and_runtime_observations_name_their_task(
     events: Events, store: TaskStore
 ) -> None:
-    events.received("t1", sent_at=998.0)
+    events.received("t1", ready_at=998.0)
     events.send("task-started", "t1")
     events.send("task-succeeded", "t1", runtime=0.5)
 
