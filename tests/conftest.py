@@ -34,6 +34,34 @@ from tests.support import (
 
 sys.path.insert(0, str(APPS))
 
+TESTS = Path(__file__).resolve().parent
+#: Markers given by path under tests/, which CI's legs select by (.ci/matrix).
+MARKED_PATHS = {
+    # The code that reaches into Celery: the worker's bootsteps and event tap (exact counts
+    # under every pool; retries, revokes, time limits, a SIGKILLed pool child, broker
+    # restarts), beat's hooks, install(), the producer hooks, the entry point in Celery's
+    # command line, and the exporter's event handling, worker tracking, queue probes and
+    # command line.
+    "celery_internals": (
+        "beat/",
+        "bootsteps/",
+        "cli/test_entry_point.py",
+        "cli/test_main.py",
+        "exporter/",
+        "test_install.py",
+        "test_producer.py",
+    ),
+    # ruff and mypy, which check the code against the types of the newest dependencies.
+    "style": ("test_style.py",),
+}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    path = item.path.relative_to(TESTS).as_posix()
+    for marker, paths in MARKED_PATHS.items():
+        if path.startswith(paths):
+            item.add_marker(marker)
+
 
 #: The fixtures that need RabbitMQ.
 AMQP_FIXTURES = frozenset({"amqp_broker", "own_amqp_broker"})

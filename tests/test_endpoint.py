@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
@@ -66,22 +67,16 @@ def test_the_page_is_the_task_series_then_the_registry(endpoint: MetricsEndpoint
 
 
 @pytest.mark.parametrize(
-    ("accept", "content_type"),
+    "accept",
     [
-        ("*/*", TEXT),
-        ("application/openmetrics-text;version=0.0.1", TEXT),
-        (
-            "text/plain;version=1.0.0;escaping=allow-utf-8",
-            "text/plain; version=1.0.0; charset=utf-8; escaping=allow-utf-8",
-        ),
-        (
-            PROMETHEUS_ACCEPT,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=underscores",
-        ),
+        "*/*",
+        "application/openmetrics-text;version=0.0.1",
+        "text/plain;version=1.0.0;escaping=allow-utf-8",
+        PROMETHEUS_ACCEPT,
     ],
 )
 def test_prometheus_client_chooses_the_format_of_the_whole_page(
-    endpoint: MetricsEndpoint, accept: str, content_type: str
+    endpoint: MetricsEndpoint, accept: str
 ) -> None:
     endpoint.store.count(("app.add", "w@h", "celery"), RECEIVED)
 
@@ -93,7 +88,8 @@ def test_prometheus_client_chooses_the_format_of_the_whole_page(
         for family in parse(body.decode())
         for sample in family.samples
     }
-    assert chosen == content_type
+    # What it chooses depends on its version: 0.18 knows neither text 1.0.0 nor escaping.
+    assert chosen == choose_encoder(accept)[1]
     labels = (("hostname", "w@h"), ("name", "app.add"), ("queue_name", "celery"))
     assert ("celery_task_received_total", labels, 1.0) in samples
     assert ("demo_value", (), 3.0) in samples

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import click
@@ -17,7 +17,6 @@ from prometheus_client import (
     CollectorRegistry,
 )
 from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 from celery_prom import faults
 from celery_prom.bootsteps.advertise import HeartbeatAddress, advertised_address
@@ -44,9 +43,13 @@ logger = logging.getLogger(__name__)
 CLI_OPTIONS = ("prom_port", "prom_host", "prom_advertise", "prom_web_config")
 
 
-class UserMetrics(Collector, Protocol):
+class UserMetrics(Protocol):
     """The endpoint's metrics that are not celery-prom's own task and worker families:
-    process metrics, producer counts and whatever the user defined with prometheus_client."""
+    process metrics, producer counts and whatever the user defined with prometheus_client.
+
+    A protocol of its own: prometheus-client's ``Collector`` is one only from 0.24 on."""
+
+    def collect(self) -> Iterable[Metric]: ...
 
     def start(self) -> None: ...
 

@@ -339,9 +339,8 @@ class TaskEventTap(bootsteps.StartStopStep):  # type: ignore[misc]
         )
         self._result_watch.install(c.pool)
         c.update_strategies()
-        # Requests that outlived a reconnect still point at the dispatcher they had (on
-        # Celery < 5.7, ETA requests not yet due keep the previous tap, which records too).
-        for request in (*worker_state.reserved_requests, *scheduled_requests()):
+        # Requests that outlived a reconnect still point at the dispatcher they had.
+        for request in (*worker_state.reserved_requests, *scheduled_requests(c.timer)):
             request.eventer = tap
         create_handler = c.create_task_handler
         c.create_task_handler = lambda: self.arrivals.wrap(create_handler())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import celery
 from celery.worker import state as worker_state
+from celery.worker.request import Request
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from celery_prom import __version__, metrics
@@ -24,13 +25,23 @@ INVALID_TASK = "invalid"  # a task message with invalid fields (e.g. an unparsab
 INVALID_UNDECODABLE = "undecodable"  # a body its content type cannot decode
 
 
-def scheduled_requests() -> Any:
-    """Requests waiting for their ETA/countdown, where Celery keeps a set of them.
+def scheduled_requests(timer: Any) -> Collection[Any]:
+    """Requests waiting for their ETA/countdown in the worker whose timer is ``timer``.
 
-    ``celery.worker.state.scheduled_requests`` exists from Celery 5.7; 5.3 to 5.6 keep such
-    requests only in the timer, and count them as reserved once they are due.
+    Celery 5.7 keeps them in ``celery.worker.state.scheduled_requests``. 5.3 to 5.6 keep them
+    only as entries of the worker's timer, read here as their ``celery inspect scheduled``
+    reads them (checked against 5.3.0, 5.3.6, 5.4.0, 5.5.3, 5.6.3 and 5.7.0).
     """
-    return getattr(worker_state, "scheduled_requests", ())
+    scheduled = getattr(worker_state, "scheduled_requests", None)
+    if scheduled is not None:
+        return scheduled  # type: ignore[no-any-return]
+    requests = []
+    # A copy: the timer's thread or event loop adds and removes entries meanwhile.
+    for waiting in list(timer.schedule.queue):
+        args = waiting.entry.args
+        if args and isinstance(args[0], Request):
+            requests.append(args[0])
+    return requests
 
 
 class MessageTally:
@@ -62,7 +73,7 @@ class WorkerStateCollector:
         active = len(worker_state.active_requests)
         # Every active request is also reserved until it is ready; ETA tasks are scheduled.
         waiting = max(0, len(worker_state.reserved_requests) - active)
-        waiting += len(scheduled_requests())
+        waiting += len(scheduled_requests(self._worker.timer))
         yield _gauge(metrics.WORKER_TASKS_ACTIVE, host, active)
         yield _gauge(metrics.WORKER_TASKS_RESERVED, host, waiting)
         # A copy first: the consumer adds and removes requests while the scrape reads them.

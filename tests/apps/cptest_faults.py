@@ -23,7 +23,7 @@ def _raise(*args: Any, **kwargs: Any) -> NoReturn:
     raise RuntimeError("injected fault")
 
 
-def _celery_without_scheduled_requests() -> NoReturn:
+def _celery_without_scheduled_requests(*args: Any) -> NoReturn:
     # What Celery 5.3 to 5.6 did to the tap that assumed 5.7's internals.
     raise AttributeError("module 'celery.worker.state' has no attribute 'scheduled_requests'")
 

@@ -15,6 +15,7 @@ import pytest
 from celery import signals
 from celery.utils.serialization import UnpickleableExceptionWrapper
 from celery.worker import state as worker_state
+from kombu.asynchronous.timer import Timer
 
 from celery_prom import faults
 from celery_prom.bootsteps.tap import (
@@ -493,6 +494,7 @@ class Consumer:
             setattr(self.controller, METRICS_ATTRIBUTE, metrics)
         self.dispatcher = self.event_dispatcher = Dispatcher([])
         self.pool = Pool()
+        self.timer = Timer()  # where Celery 5.3 to 5.6 keep requests waiting for their ETA
         self.strategies_built_with: list[Any] = []
         self.decode_errors: list[Any] = []
         self._failing_updates = failing_updates

@@ -16,6 +16,8 @@ from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.concurrency.thread import TaskPool as ThreadPool
 from celery.worker import state as celery_state
+from celery.worker.request import Request
+from kombu.asynchronous.timer import Timer
 from prometheus_client import CollectorRegistry
 
 from celery_prom import __version__
@@ -86,39 +88,46 @@ def test_message_tally_counts_by_reason_in_order_from_many_threads() -> None:
 
 
 @pytest.fixture
-def requests_in_flight() -> Iterator[list[_Request]]:
-    """Two active requests, three reserved (the two active among them), one scheduled
-    (where Celery keeps scheduled requests apart: 5.7 and later)."""
+def worker_with_requests() -> Iterator[SimpleNamespace]:
+    """A worker (no pool) with two active requests, three reserved (the two active among
+    them) and one waiting for its ETA, kept where the installed Celery keeps such requests."""
     now = time.time()
     held = [_Request(time_start=now - 30), _Request(time_start=now - 10), _Request(), _Request()]
     active, also_active, waiting, scheduled = held
     celery_state.active_requests.update((active, also_active))
     celery_state.reserved_requests.update((active, also_active, waiting))
     request_sets = [celery_state.active_requests, celery_state.reserved_requests]
+    timer = Timer()  # kombu's, which a worker's timer schedules on
+    timer.call_at(time.monotonic() + 3600, _ignore)  # not a request, as heartbeats are not
     if SCHEDULED is not None:
         SCHEDULED.add(scheduled)
         request_sets.append(SCHEDULED)
+    else:  # Celery 5.3 to 5.6 keep it only in the worker's timer
+        timer.call_at(time.monotonic() + 3600, _ignore, (Request.__new__(Request),))
     try:
-        yield held
+        yield SimpleNamespace(pool=None, timer=timer)
     finally:
         for request_set in request_sets:
             for request in held:
                 request_set.discard(request)
 
 
-def test_collect_reads_the_workers_state_at_scrape_time(requests_in_flight: Any) -> None:
+def _ignore(*args: Any) -> None:
+    return None
+
+
+def test_collect_reads_the_workers_state_at_scrape_time(worker_with_requests: Any) -> None:
     tally = MessageTally()
     tally.add(INVALID_TASK)
     registry = CollectorRegistry()
-    registry.register(WorkerStateCollector(SimpleNamespace(pool=None), "w1@host", tally))
+    registry.register(WorkerStateCollector(worker_with_requests, "w1@host", tally))
     host = {"hostname": "w1@host"}
 
     def value(name: str, labels: dict[str, str] = host) -> float | None:
         return registry.get_sample_value(name, labels)
 
     assert value("celery_worker_tasks_active") == 2
-    # One waiting, and one scheduled where Celery keeps them apart.
-    assert value("celery_worker_tasks_reserved") == (1 if SCHEDULED is None else 2)
+    assert value("celery_worker_tasks_reserved") == 2  # one waiting, one scheduled
     task = {**host, "name": "proj.add", "queue_name": "celery"}
     longest = value("celery_task_longest_running_seconds", task)
     assert longest is not None

@@ -38,6 +38,9 @@ WITHOUT_PROM = ("-m", "tests.cli.celery_without_prom")
 VARIANTS = pytest.mark.parametrize("variant", [WITH_PROM, WITHOUT_PROM], ids=["with", "without"])
 
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+#: REDIS_URL as Celery shows it: kombu 5.3.0 shows a URL without a password as it is, later
+#: kombu masks its empty password.
+SHOWN_URL = rf"redis://(:\*+@)?{re.escape(f'{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}')}"
 
 # Runs in a fresh interpreter: Celery's command line as it is without celery-prom, then
 # celery-prom's package, command line and entry point, and Celery's state on either side
@@ -107,7 +110,12 @@ def test_importing_celery_prom_and_its_entry_point_changes_no_celery_state() -> 
     assert after == before
     # prometheus_client decides at import whether it runs in multiprocess mode: imported
     # by the entry point, it would decide before the user's app module set the variable.
-    assert [name for name in imported if not name.startswith("celery_prom")] == []
+    # (What the standard library had imported already depends on the versions installed.)
+    assert [
+        name
+        for name in imported
+        if not name.startswith("celery_prom") and name.split(".")[0] not in sys.stdlib_module_names
+    ] == []
     assert "celery_prom.demo.app" not in imported
     assert report["current_app"] == "default"
 
@@ -157,7 +165,7 @@ def test_report_without_app_uses_the_config_module(tmp_path: Path) -> None:
     assert with_prom.returncode == 0
     lines = with_prom.stdout.splitlines()
     assert "settings -> transport:redis results:disabled" in lines
-    assert f"broker_url: 'redis://:********@{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}'" in lines
+    assert re.search(rf"^broker_url: '{SHOWN_URL}'$", with_prom.stdout, flags=re.M)
     assert f"task_default_queue: '{queue}'" in lines
 
 
@@ -296,9 +304,7 @@ def test_worker_without_app_consumes_from_the_config_broker(
     assert with_prom == without_prom
     assert with_prom["status"] == 0
     assert with_prom["left"] == 0
-    assert (
-        f".> transport:   redis://:**@{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}" in (with_prom["banner"])
-    )
+    assert re.search(rf"\.> transport:   {SHOWN_URL}$", with_prom["banner"], flags=re.M)
     assert ".> app:         default:<address> (.default.Loader)" in with_prom["banner"]
     assert ".> <queue>" in with_prom["banner"]
     assert with_prom["ping"] == (

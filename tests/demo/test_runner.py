@@ -58,24 +58,30 @@ def demo_is_lively(worker: Scrape, exporter: Scrape) -> bool:
 def test_the_demo_shows_live_metrics_and_cleans_up_after_ctrl_c(tmp_path: Path) -> None:
     worker_port, exporter_port = free_port(), free_port()
     log = tmp_path / "demo.log"
-    with log.open("wb") as out:
-        demo = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery_prom.cli",
-                "demo",
-                "--worker-port",
-                str(worker_port),
-                "--exporter-port",
-                str(exporter_port),
-            ],
-            cwd=tmp_path,
-            env=dict(os.environ, PYTHONPATH=str(REPO)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    # Ctrl-C as at a terminal, also where the tests run in the background, which starts them
+    # with SIGINT ignored: a handler here lets the demo start with SIGINT at its default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with log.open("wb") as out:
+            demo = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery_prom.cli",
+                    "demo",
+                    "--worker-port",
+                    str(worker_port),
+                    "--exporter-port",
+                    str(exporter_port),
+                ],
+                cwd=tmp_path,
+                env=dict(os.environ, PYTHONPATH=str(REPO)),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
 
         def lively() -> bool:
