@@ -61,6 +61,8 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     for marker, paths in MARKED_PATHS.items():
         if path.startswith(paths):
             item.add_marker(marker)
+    if "sqs_server" in getattr(item, "fixturenames", ()):
+        item.add_marker("sqs")
 
 
 #: The fixtures that need RabbitMQ.

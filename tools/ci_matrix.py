@@ -28,6 +28,10 @@ LOWEST = "lowest"
 SELECTIONS = {
     "all": ("", "whole suite"),
     "all_but_style": ("not style", "whole suite but the style gates"),
+    "all_but_style_and_sqs": (
+        "not style and not sqs",
+        "whole suite but the style gates and SQS",
+    ),
     "celery_internals": ("celery_internals", "tests of Celery's internals"),
 }
 #: The table's version columns and the distribution each shows.
