@@ -28,9 +28,9 @@ LOWEST = "lowest"
 SELECTIONS = {
     "all": ("", "whole suite"),
     "all_but_style": ("not style", "whole suite but the style gates"),
-    "all_but_style_and_sqs": (
-        "not style and not sqs",
-        "whole suite but the style gates and SQS",
+    "core": (
+        "not slow and not style and not sqs",
+        "the suite's core (all but the slow end-to-end tests, the style gates and SQS)",
     ),
     "celery_internals": ("celery_internals", "tests of Celery's internals"),
 }
