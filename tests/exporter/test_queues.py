@@ -82,7 +82,9 @@ def test_rabbitmq_reports_ready_messages_and_consumers_past_a_missing_queue(
 ) -> None:
     exchange = Exchange(unique("ex"), type="direct")
     busy, idle, missing = unique("busy"), unique("idle"), unique("missing")
-    with Connection(amqp_broker.url) as connection:
+    # Publisher confirms: each publish returns once RabbitMQ holds the message in its queue,
+    # so the probe's connection cannot count a queue before the messages reach it.
+    with Connection(amqp_broker.url, transport_options={"confirm_publish": True}) as connection:
         channel = connection.channel()
         producer = Producer(channel, exchange=exchange)
         queues = [Queue(name, exchange, routing_key=name) for name in (busy, idle)]
