@@ -33,6 +33,10 @@ SELECTIONS = {
         "the suite's core (all but the slow end-to-end tests, the style gates and SQS)",
     ),
     "celery_internals": ("celery_internals", "tests of Celery's internals"),
+    "celery_internals_but_sqs": (
+        "celery_internals and not sqs",
+        "tests of Celery's internals but SQS",
+    ),
 }
 #: The table's version columns and the distribution each shows.
 COLUMNS = {
