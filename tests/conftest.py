@@ -56,10 +56,16 @@ MARKED_PATHS = {
 }
 
 
+#: Tests under a marked path that the Celery minors' legs leave to the newest Celery's leg:
+#: hundreds of pool children recycled under load trip Celery 5.3 to 5.6's own assertion in
+#: ``AsynPool.verify_process_alive``, which stops the worker whatever runs inside it.
+NEWEST_CELERY_ONLY = ("test_user_metrics_are_exact_after_hundreds_of_recycled_children",)
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
     path = item.path.relative_to(TESTS).as_posix()
     for marker, paths in MARKED_PATHS.items():
-        if path.startswith(paths):
+        if path.startswith(paths) and item.name not in NEWEST_CELERY_ONLY:
             item.add_marker(marker)
     if "sqs_server" in getattr(item, "fixturenames", ()):
         item.add_marker("sqs")
