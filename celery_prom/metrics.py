@@ -276,13 +276,40 @@ QUEUE_LENGTH = Family(
     ("queue_name",),
     ServedBy.EXPORTER,
 )
+QUEUE_LATENCY = Family(
+    "celery_queue_latency_seconds",
+    MetricType.GAUGE,
+    "Seconds since the oldest message waiting in the queue was published (the publish time "
+    "install(app) stamps; the oldest of each priority sub-queue's next message), read at "
+    "scrape time; 0 for an empty queue, no series while such a message has no publish "
+    "time. Redis only.",
+    ("queue_name",),
+    ServedBy.EXPORTER,
+    unit="seconds",
+)
+#: On Redis, the unacknowledged messages the exporter reads per scrape: the oldest ones, by
+#: delivery time. The others are counted, unattributed, under ``OVERFLOW_LABEL_VALUE``.
+MAX_UNACKED_READ = 1000
 QUEUE_UNACKED = Family(
     "celery_queue_unacked_messages",
     MetricType.GAUGE,
-    "Messages delivered to consumers and not yet acknowledged (SQS: in flight), read at "
-    "scrape time.",
+    "Messages delivered to consumers and not yet acknowledged, read at scrape time. Redis: "
+    "prefetched by workers or running with acks_late, by routing key; the "
+    f"{MAX_UNACKED_READ:,} delivered first are attributed, those of queues not reported "
+    'and those past that bound count under queue_name="_other" (a series only while it '
+    "counts some). SQS: in flight.",
     ("queue_name",),
     ServedBy.EXPORTER,
+)
+QUEUE_UNACKED_OLDEST = Family(
+    "celery_queue_unacked_oldest_seconds",
+    MetricType.GAUGE,
+    "Seconds since the oldest unacknowledged message of the queue was delivered, read at "
+    "scrape time; 0 when there is none. kombu redelivers a message unacknowledged for "
+    "visibility_timeout. Redis only.",
+    ("queue_name",),
+    ServedBy.EXPORTER,
+    unit="seconds",
 )
 QUEUE_DELAYED = Family(
     "celery_queue_delayed_messages",
@@ -499,7 +526,9 @@ CATALOGUE: tuple[Family, ...] = (
     WORKER_INFO,
     WORKER_INVALID_MESSAGES,
     QUEUE_LENGTH,
+    QUEUE_LATENCY,
     QUEUE_UNACKED,
+    QUEUE_UNACKED_OLDEST,
     QUEUE_DELAYED,
     ACTIVE_CONSUMERS,
     WORKER_UP,

@@ -1,10 +1,11 @@
-"""Queue lengths and consumer counts, read from the broker at scrape time.
+"""What the broker tells of its queues, read at scrape time: lengths, consumer counts, and
+where the broker can tell, latency and unacknowledged messages.
 
 Each scrape asks the broker afresh (nothing is cached between scrapes, so a number is
-never stale): Redis in one pipelined round trip, RabbitMQ with passive declares, SQS with
-its queue attributes (``sqs``), other kombu transports however kombu can size a queue. The
-query runs under ``BoundedCall``, so a broker that stops answering turns into
-``celery_prom_broker_up 0`` and a failed ``queues`` collector, never into a hung scrape.
+never stale): Redis with pipelined commands (``redis_queues``), RabbitMQ with passive
+declares, SQS with its queue attributes (``sqs``), other kombu transports however kombu can
+size a queue. The query runs under ``BoundedCall``, so a broker that stops answering turns
+into ``celery_prom_broker_up 0`` and a failed ``queues`` collector, never into a hung scrape.
 
 Which queues: those named on the command line, the app's ``task_queues`` (``celery prom``),
 and those workers report consuming from (``active_queues``), which ``QueueDiscovery`` asks
@@ -41,11 +42,19 @@ DISCOVERY_INTERVAL = 30.0
 
 @dataclass(frozen=True)
 class QueueSize:
+    """What the broker tells of one queue; a field it cannot tell is None, and has no series."""
+
     name: str
-    length: int
-    consumers: int | None  # None where the broker does not know
+    #: Messages ready; None for the label value that only counts unacknowledged messages
+    #: the exporter did not attribute to a queue (``OVERFLOW_LABEL_VALUE``, Redis).
+    length: int | None
+    consumers: int | None
     unacked: int | None = None
     delayed: int | None = None
+    #: Seconds since the oldest message waiting was published.
+    latency: float | None = None
+    #: Seconds since the oldest unacknowledged message was delivered.
+    unacked_oldest: float | None = None
 
 
 class QueueNames:
@@ -212,55 +221,6 @@ class ConnectedQueueProbe(ABC):
             close_connection(connection)
 
 
-class RedisQueueProbe(ConnectedQueueProbe):
-    """``LLEN`` of every priority sub-queue of every queue, in one pipelined round trip.
-
-    kombu stores a queue with priorities as one list per priority step (``name``,
-    ``name\\x06\\x163``, ...), all under the ``global_keyprefix``; the key names come from
-    the kombu channel itself so they always match what kombu writes.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        transport_options: Mapping[str, Any],
-        timeout: float,
-        *,
-        ssl: Mapping[str, Any] | bool = False,
-    ) -> None:
-        super().__init__()
-        self._url = url
-        self._options = {
-            **transport_options,
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry_on_timeout": False,
-        }
-        self._ssl = ssl
-
-    def _sizes(self, names: Sequence[str]) -> list[QueueSize]:
-        channel = self._open_channel()
-        keys = [
-            [channel._q_for_pri(name, step) for step in channel.priority_steps] for name in names
-        ]
-        pipe = channel.client.pipeline(transaction=False)
-        pipe.ping()  # one round trip even when there is no queue to size
-        for queue_keys in keys:
-            for key in queue_keys:
-                pipe.llen(key)
-        replies = iter(pipe.execute()[1:])
-        return [
-            QueueSize(name, sum(int(next(replies)) for _ in queue_keys), None)
-            for name, queue_keys in zip(names, keys, strict=True)
-        ]
-
-    def _open_channel(self) -> Any:
-        if self._channel is None:
-            self._connection = Connection(self._url, ssl=self._ssl, transport_options=self._options)
-            self._channel = self._connection.channel()
-        return self._channel
-
-
 class AmqpQueueProbe(ConnectedQueueProbe):
     """Ready messages and consumers per queue from passive ``queue.declare``.
 
@@ -367,12 +327,14 @@ def probe_for(
     ssl: Mapping[str, Any] | bool = False,
 ) -> QueueProbe:
     """The probe for a broker whose driver type (``broker.transport_kind``) is ``driver``."""
+    # Imported on use: these build on this module.
     if driver == "redis":
+        from celery_prom.exporter.redis_queues import RedisQueueProbe  # noqa: PLC0415
+
         return RedisQueueProbe(url, transport_options, timeout, ssl=ssl)
     if driver == "amqp":
         return AmqpQueueProbe(url, transport_options, timeout, event_exchange, ssl=ssl)
     if driver == "sqs":
-        # Imported on use: it builds on this module.
         from celery_prom.exporter.sqs import SqsQueueProbe  # noqa: PLC0415
 
         return SqsQueueProbe(url, transport_options, timeout)
@@ -380,7 +342,7 @@ def probe_for(
 
 
 class QueueCollector:
-    """Serves queue lengths and consumer counts, asked from the broker on every scrape.
+    """Serves what the probe tells of each queue, asked from the broker on every scrape.
 
     A failed or timed-out query raises (the scrape reports this collector failed) and
     marks the broker down; it never serves the last numbers it had.
@@ -406,19 +368,20 @@ class QueueCollector:
             self._status.query_failed(describe_error(exc))
             raise
         self._status.query_succeeded()
-        length = new_family(metrics.QUEUE_LENGTH, GaugeMetricFamily)
-        consumers = new_family(metrics.ACTIVE_CONSUMERS, GaugeMetricFamily)
-        unacked = new_family(metrics.QUEUE_UNACKED, GaugeMetricFamily)
-        delayed = new_family(metrics.QUEUE_DELAYED, GaugeMetricFamily)
-        for size in sizes:
-            length.add_metric((size.name,), size.length)
-            if size.consumers is not None:
-                consumers.add_metric((size.name,), size.consumers)
-            if size.unacked is not None:
-                unacked.add_metric((size.name,), size.unacked)
-            if size.delayed is not None:
-                delayed.add_metric((size.name,), size.delayed)
-        yield length
-        yield consumers
-        yield unacked
-        yield delayed
+        yield _gauge(metrics.QUEUE_LENGTH, [(size.name, size.length) for size in sizes])
+        yield _gauge(metrics.QUEUE_LATENCY, [(size.name, size.latency) for size in sizes])
+        yield _gauge(metrics.ACTIVE_CONSUMERS, [(size.name, size.consumers) for size in sizes])
+        yield _gauge(metrics.QUEUE_UNACKED, [(size.name, size.unacked) for size in sizes])
+        yield _gauge(
+            metrics.QUEUE_UNACKED_OLDEST, [(size.name, size.unacked_oldest) for size in sizes]
+        )
+        yield _gauge(metrics.QUEUE_DELAYED, [(size.name, size.delayed) for size in sizes])
+
+
+def _gauge(family: metrics.Family, values: Iterable[tuple[str, float | None]]) -> Metric:
+    """``family`` with a sample per queue the broker gave a value for."""
+    gauge = new_family(family, GaugeMetricFamily)
+    for name, value in values:
+        if value is not None:
+            gauge.add_metric((name,), value)
+    return gauge

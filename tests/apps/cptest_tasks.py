@@ -91,6 +91,15 @@ def sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+@app.task(acks_late=True)
+def hold_until(release: str) -> None:
+    """Runs until the file ``release`` exists (a minute at most), its message unacknowledged
+    until then."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @app.task(bind=True, max_retries=5)
 def flaky(self, failures: int) -> str:  # type: ignore[no-untyped-def]
     """Fails ``failures`` times, retrying at once each time, then succeeds."""

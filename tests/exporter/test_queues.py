@@ -1,4 +1,5 @@
-"""Queue lengths from real brokers, and a scrape that never hangs on a frozen one."""
+"""Queue lengths from RabbitMQ, the queue collector, queue discovery, and a scrape that never
+hangs on a frozen broker. (Redis's probe: test_redis_queues.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from prometheus_client import CollectorRegistry
 
@@ -20,60 +20,14 @@ from celery_prom.exporter.queues import (
     QueueDiscovery,
     QueueNames,
     QueueSize,
-    RedisQueueProbe,
     active_queues_by_worker,
 )
 from tests.exporter_process import assert_down_while_frozen, running_exporter
 from tests.support import (
-    REDIS_DB,
-    REDIS_HOST,
-    REDIS_PORT,
     Broker,
-    load_test_app,
     private_redis,
     unique,
 )
-
-
-@pytest.mark.parametrize("steps", [None, list(range(10))], ids=["default-steps", "ten-steps"])
-def test_redis_counts_every_priority_sub_queue_under_the_key_prefix(
-    redis_broker: Broker, steps: list[int] | None
-) -> None:
-    options = dict(redis_broker.transport_options)
-    if steps is not None:
-        options["priority_steps"] = steps
-    queue = unique("prio")
-    app = load_test_app(Broker(redis_broker.url, options), queue)
-    for priority in range(10):
-        app.send_task("demo.prioritised", priority=priority, queue=queue)
-    for _ in range(3):
-        app.send_task("demo.plain", queue=queue)
-    # The messages really are spread over several lists, all under the key prefix.
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
-    prefix = options["global_keyprefix"]
-    assert len(client.keys(f"{prefix}{queue}*")) == (4 if steps is None else 10)
-
-    probe = RedisQueueProbe(redis_broker.url, options, timeout=5)
-    assert probe.sizes([queue, "absent-queue"]) == [
-        QueueSize(queue, 13, None),
-        QueueSize("absent-queue", 0, None),
-    ]
-    assert probe.sizes([]) == []
-
-
-def test_a_probe_answers_again_once_a_restarted_broker_is_back(tmp_path: Path) -> None:
-    with private_redis(tmp_path) as server:
-        probe = RedisQueueProbe(server.url, {}, timeout=2)
-        server.client().rpush("work", b"a", b"b")
-        assert probe.sizes(["work"]) == [QueueSize("work", 2, None)]
-
-        server.stop()
-        with pytest.raises(redis.ConnectionError):
-            probe.sizes(["work"])
-
-        server.start()
-        server.client().rpush("work", b"c")
-        assert probe.sizes(["work"]) == [QueueSize("work", 1, None)]
 
 
 @pytest.mark.slow
@@ -168,6 +122,43 @@ def test_a_failing_query_marks_the_broker_down_with_a_masked_error() -> None:
         list(collector.collect())
     assert not status.up
     assert status.error == "ConnectionRefusedError: connecting to redis://:**@db:6379/0 failed"
+
+
+class FixedProbe:
+    def __init__(self, sizes: list[QueueSize]) -> None:
+        self._sizes = sizes
+
+    def sizes(self, names: Sequence[str]) -> list[QueueSize]:
+        return self._sizes
+
+
+def test_a_value_the_broker_does_not_tell_has_no_series() -> None:
+    probe = FixedProbe(
+        [
+            QueueSize("a", 2, None, unacked=1, latency=None, unacked_oldest=3.5),
+            QueueSize("b", 0, 4, latency=0.0),
+            QueueSize("_other", None, None, unacked=7, unacked_oldest=9.0),
+        ]
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        QueueCollector(QueueNames(["a", "b"], 10), probe, BrokerStatus(), BoundedCall(5, "test"))
+    )
+    samples = {
+        (sample.name, sample.labels["queue_name"]): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+    }
+    assert samples == {
+        ("celery_queue_length", "a"): 2,
+        ("celery_queue_length", "b"): 0,
+        ("celery_queue_latency_seconds", "b"): 0,
+        ("celery_active_consumer_count", "b"): 4,
+        ("celery_queue_unacked_messages", "a"): 1,
+        ("celery_queue_unacked_messages", "_other"): 7,
+        ("celery_queue_unacked_oldest_seconds", "a"): 3.5,
+        ("celery_queue_unacked_oldest_seconds", "_other"): 9,
+    }
 
 
 def test_queue_names_are_capped_and_sorted() -> None:
