@@ -23,6 +23,15 @@ THRESHOLDS_EXAMPLE = MONITORING / "thresholds.example.yml"
 DASHBOARDS = sorted((MONITORING / "dashboards").glob("*.json"))
 #: Series Prometheus itself makes.
 PROMETHEUS_SERIES = frozenset({"up", "ALERTS"})
+#: Queue facts the exporter reads from Redis only (and the unacked count from SQS), so a
+#: deployment on RabbitMQ has no data for them.
+REDIS_ONLY = frozenset(
+    {
+        "celery_queue_latency_seconds",
+        "celery_queue_unacked_messages",
+        "celery_queue_unacked_oldest_seconds",
+    }
+)
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 _TOKEN = re.compile(
@@ -123,9 +132,9 @@ def alerts(*paths: Path) -> list[dict[str, Any]]:
     return [rule for rule in rules(*paths) if "alert" in rule]
 
 
-def exporter_names() -> set[str]:
-    """Series only the exporter provides, and the records computed from them."""
-    names = exposed_names(frozenset({ServedBy.EXPORTER}))
+def with_records_from(sources: set[str]) -> set[str]:
+    """``sources`` and every record computed from them, directly or through other records."""
+    names = set(sources)
     records = [rule for rule in rules(*RULE_FILES) if "record" in rule]
     while derived := {
         rule["record"]
@@ -136,8 +145,18 @@ def exporter_names() -> set[str]:
     return names
 
 
+def exporter_names() -> set[str]:
+    """Series only the exporter provides, and the records computed from them."""
+    return with_records_from(exposed_names(frozenset({ServedBy.EXPORTER})))
+
+
 def needs_exporter(expr: str) -> bool:
     return bool(metric_names(expr) & exporter_names())
+
+
+def needs_redis(expr: str) -> bool:
+    """Whether ``expr`` reads queue facts the exporter has on Redis only."""
+    return bool(metric_names(expr) & with_records_from(set(REDIS_ONLY)))
 
 
 def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:

@@ -152,6 +152,12 @@ def test_overview_shows_what_an_operator_needs() -> None:
         "entry:celery_beat_lateness_seconds:mean5m",
         "entry:celery_beat_next_run_timestamp_seconds:max",
         "celery_beat_tick_timestamp_seconds",
+        "queue_name:celery_queue_latency_seconds:max",
+        "queue_name:celery_queue_unacked_messages:max",
+        "queue_name:celery_queue_unacked_oldest_seconds:max",
+        "hostname_name_queue_name:celery_task_longest_running_seconds:max",
+        "hostname_process_index:celery_worker_pool_process_resident_memory_bytes:max",
+        "hostname:celery_worker_pool_processes_started:rate5m",
         "ALERTS",
     } <= names
 

@@ -1,13 +1,16 @@
 """The monitoring bundle against a real Prometheus scraping a real prefork worker and a real
 beat: every recording rule and every dashboard query returns data, CeleryWorkerDown fires
-when the worker is killed and CeleryBeatDown when beat stops, and Prometheus with exemplar
-storage keeps the task ids of the runs.
+when the worker is killed and CeleryBeatDown when beat stops, the alerts on stuck tasks,
+old and held messages and pool memory fire, and Prometheus with exemplar storage keeps the
+task ids of the runs.
 
 The worker runs on RabbitMQ, with ``celery-prom exporter`` beside it (job
 ``celery-exporter``): RabbitMQ is the broker that reports queue consumers, so the queries
 that read exporter-only families (queue lengths, consumers, heartbeats) have data too. Beat
 (job ``celery-beat``) sends an entry every second to a queue of its own, so the worker's
-counts stay the waves'. The exemplar test needs only the worker, on Redis.
+counts stay the waves'. The queries of queue latency and unacknowledged messages, which the
+exporter reads from Redis only, and the alerts on them run against a worker and an exporter
+on Redis. The exemplar test needs only the worker, on Redis.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
@@ -33,6 +36,7 @@ from tests.monitoring.promql import (
     load_yaml,
     metric_names,
     needs_exporter,
+    needs_redis,
     recorded_names,
     substitute,
 )
@@ -50,6 +54,24 @@ SECOND_WAVE: Wave = (
 )
 
 
+#: Long enough to be running whenever the test looks; the worker is killed before the end.
+STUCK: Wave = [("sleep", [600])]
+#: The alerts on the signals, and default thresholds that real data crosses at once: a task
+#: or a message older than a second, a pool process holding more than 1 MiB.
+SIGNAL_ALERTS = (
+    "CeleryTaskRunningTooLong",
+    "CeleryQueueLatencyHigh",
+    "CeleryQueueUnackedAgeHigh",
+    "CeleryWorkerPoolProcessMemoryHigh",
+)
+LOW_THRESHOLDS = {
+    "celery_alert:task_running_seconds:threshold": 1,
+    "celery_alert:queue_latency_seconds:threshold": 1,
+    "celery_alert:queue_unacked_oldest_seconds:threshold": 1,
+    "celery_alert:pool_process_memory_bytes:threshold": 1024 * 1024,
+}
+
+
 def started(wave: Wave) -> int:
     """Executions a wave starts: flaky(1) runs twice."""
     return sum(2 if task == "flaky" else 1 for task, _ in wave)
@@ -60,7 +82,7 @@ VARIABLE_NAMES = ("task", "queue", "worker", "__rate_interval", "__range")
 
 def dashboard_variables(worker: WorkerProcess) -> dict[str, str]:
     return {
-        "task": "|".join(f"{T}{task}" for task in ("noop", "fail", "flaky")),
+        "task": "|".join(f"{T}{task}" for task in ("noop", "fail", "flaky", "sleep")),
         "queue": worker.queue,
         "worker": worker.hostname,
         # Longer than the test, so every increase of the run is inside the window.
@@ -77,13 +99,19 @@ def all_dashboard_queries(variables: dict[str, str]) -> list[str]:
     ]
 
 
-def alert_rules_with_short_down_alerts(directory: Path) -> Path:
-    """The alert rules with CeleryWorkerDown's and CeleryBeatDown's ``for`` cut to a second."""
+def alert_rules_for_the_test(
+    directory: Path, short: tuple[str, ...], thresholds: dict[str, float] | None = None
+) -> Path:
+    """The alert rules with the ``for`` of the ``short`` alerts cut to a second, and the
+    default ``thresholds`` (record name -> value) replaced."""
     rules = load_yaml(ALERT_RULES)
+    thresholds = thresholds or {}
     for group in rules["groups"]:
         for rule in group["rules"]:
-            if rule.get("alert") in ("CeleryWorkerDown", "CeleryBeatDown"):
+            if rule.get("alert") in short:
                 rule["for"] = "1s"
+            if rule.get("record") in thresholds:
+                rule["expr"] = f"vector({thresholds[rule['record']]})"
     path = directory / "celery-alerts.yml"
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
     return path
@@ -144,29 +172,61 @@ def kill(worker: WorkerProcess) -> None:
             os.kill(child, signal.SIGKILL)
 
 
-def split(items: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(worker-side, alert, exporter-only) queries or record names.
+@contextlib.contextmanager
+def killed_at_exit(worker: WorkerProcess) -> Iterator[None]:
+    """SIGKILL the worker and its pool at the end if it still runs: a warm shutdown would
+    wait for its sleeping tasks."""
+    try:
+        yield
+    finally:
+        if worker.process.poll() is None:
+            kill(worker)
 
-    Exporter-only ones read queue lengths, consumers, heartbeats or broker state; alert ones
-    read Prometheus' ALERTS, which has data once an alert is pending or firing.
+
+class Split(NamedTuple):
+    """Queries or record names by what has to run for them to have data.
+
+    Exporter ones read queue lengths, consumers, heartbeats or broker state; Redis ones read
+    the queue facts the exporter has on Redis only; alert ones read Prometheus' ALERTS, which
+    has data once an alert is pending or firing; worker ones the rest.
     """
-    exporter = [item for item in items if needs_exporter(item)]
-    alert = [item for item in items if "ALERTS" in metric_names(item) and item not in exporter]
-    worker = [item for item in items if item not in exporter and item not in alert]
-    return worker, alert, exporter
+
+    worker: list[str]
+    alert: list[str]
+    exporter: list[str]
+    redis: list[str]
+
+
+def split(items: list[str]) -> Split:
+    redis = [item for item in items if needs_redis(item)]
+    exporter = [item for item in items if needs_exporter(item) and item not in redis]
+    alert = [
+        item
+        for item in items
+        if "ALERTS" in metric_names(item) and item not in exporter and item not in redis
+    ]
+    worker = [item for item in items if item not in {*redis, *exporter, *alert}]
+    return Split(worker, alert, exporter, redis)
 
 
 def test_only_queue_heartbeat_and_consumer_queries_need_the_exporter() -> None:
-    """What the exporter beside the worker has to answer for."""
-    _, _, exporter_records = split(sorted(recorded_names(*RULE_FILES)))
-    assert exporter_records == [
+    """What the exporter beside the worker has to answer for, on any broker and on Redis."""
+    records = split(sorted(recorded_names(*RULE_FILES)))
+    assert records.exporter == [
         "queue_name:celery_active_consumer_count:max",
         "queue_name:celery_alert_queue_backlog_messages:threshold",
         "queue_name:celery_queue_length:deriv5m",
         "queue_name:celery_queue_length:max",
     ]
-    _, _, exporter_queries = split(all_dashboard_queries(dict.fromkeys(VARIABLE_NAMES, "x")))
-    assert sorted(exporter_queries) == [
+    assert records.redis == [
+        "queue_name:celery_alert_queue_latency_seconds:threshold",
+        "queue_name:celery_alert_queue_unacked_oldest_seconds:threshold",
+        "queue_name:celery_queue_latency_seconds:max",
+        "queue_name:celery_queue_unacked_messages:max",
+        "queue_name:celery_queue_unacked_oldest_seconds:max",
+    ]
+    queries = split(all_dashboard_queries(dict.fromkeys(VARIABLE_NAMES, "x")))
+    assert sorted(queries.exporter) == [
         "max by (hostname) (celery_worker_up)",
         "queue_name:celery_active_consumer_count:max",
         "queue_name:celery_queue_length:deriv5m",
@@ -174,15 +234,22 @@ def test_only_queue_heartbeat_and_consumer_queries_need_the_exporter() -> None:
         "sum(max by (hostname) (celery_worker_up))",
         "sum(queue_name:celery_queue_length:max)",
     ]
+    assert sorted(queries.redis) == [
+        "queue_name:celery_queue_latency_seconds:max",
+        "queue_name:celery_queue_unacked_messages:max",
+        "queue_name:celery_queue_unacked_oldest_seconds:max",
+    ]
 
 
 @pytest.mark.slow
 def test_rules_and_dashboards_return_data_and_worker_and_beat_down_fire(
     amqp_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
 ) -> None:
-    rule_files = [RECORDING_RULES, alert_rules_with_short_down_alerts(tmp_path)]
+    down_alerts = ("CeleryWorkerDown", "CeleryBeatDown")
+    rule_files = [RECORDING_RULES, alert_rules_for_the_test(tmp_path, down_alerts)]
     with (
         running_worker(amqp_broker, tmp_path, concurrency=2) as worker,
+        killed_at_exit(worker),
         running_exporter_for(amqp_broker, tmp_path, "-Q", worker.queue) as exporter,
         running_beat(amqp_broker, tmp_path, {"every-second": 1.0}) as beat,
     ):
@@ -191,10 +258,8 @@ def test_rules_and_dashboards_return_data_and_worker_and_beat_down_fire(
             "celery-exporter": [f"127.0.0.1:{exporter.port}"],
             "celery-beat": [f"127.0.0.1:{beat.port}"],
         }
-        worker_records, _, exporter_records = split(sorted(recorded_names(*RULE_FILES)))
-        worker_queries, alert_queries, exporter_queries = split(
-            all_dashboard_queries(dashboard_variables(worker))
-        )
+        records = split(sorted(recorded_names(*RULE_FILES)))
+        queries = split(all_dashboard_queries(dashboard_variables(worker)))
         with running_prometheus(tmp_path, targets, rule_files) as prometheus:
             app = client_app_for(amqp_broker, worker.queue)
             # Series must exist before the counted increases, or rates over the first
@@ -203,10 +268,11 @@ def test_rules_and_dashboards_return_data_and_worker_and_beat_down_fire(
             wait_until_scraped(prometheus, started(FIRST_WAVE))
             send(app, SECOND_WAVE)
             wait_until_scraped(prometheus, started(FIRST_WAVE) + started(SECOND_WAVE))
+            # Running while the queries are asked, for those of the longest running task.
+            send(app, STUCK)
 
             assert_data_arrives(
-                prometheus,
-                worker_records + worker_queries + exporter_records + exporter_queries,
+                prometheus, records.worker + queries.worker + records.exporter + queries.exporter
             )
             assert prometheus.query('ALERTS{alertname=~"CeleryWorkerDown|CeleryBeatDown"}') == []
 
@@ -221,7 +287,7 @@ def test_rules_and_dashboards_return_data_and_worker_and_beat_down_fire(
                     "severity": "warning",
                 }
             ]
-            assert without_data(prometheus, alert_queries) == []
+            assert without_data(prometheus, queries.alert) == []
 
             beat.stop()
             assert wait_until_fired(prometheus, "CeleryBeatDown") == [
@@ -234,6 +300,58 @@ def test_rules_and_dashboards_return_data_and_worker_and_beat_down_fire(
                     "severity": "critical",
                 }
             ]
+
+
+@pytest.mark.slow
+def test_redis_queue_queries_return_data_and_the_signal_alerts_fire(
+    redis_broker: Broker, tmp_path: Path, client_app_for: Callable[..., Any]
+) -> None:
+    rules = alert_rules_for_the_test(tmp_path, SIGNAL_ALERTS, LOW_THRESHOLDS)
+    with (
+        running_worker(redis_broker, tmp_path, concurrency=1) as worker,
+        killed_at_exit(worker),
+        running_exporter_for(redis_broker, tmp_path, "-Q", worker.queue) as exporter,
+    ):
+        targets = {
+            "celery-worker": [f"127.0.0.1:{worker.port}"],
+            "celery-exporter": [f"127.0.0.1:{exporter.port}"],
+        }
+        records = split(sorted(recorded_names(*RULE_FILES)))
+        queries = split(all_dashboard_queries(dashboard_variables(worker)))
+        with running_prometheus(tmp_path, targets, [RECORDING_RULES, rules]) as prometheus:
+            app = client_app_for(redis_broker, worker.queue)
+            # The one pool process runs the first, the worker holds the next ones it
+            # prefetched unacknowledged, the rest wait in the queue.
+            send(app, STUCK * 8)
+
+            assert_data_arrives(prometheus, records.redis + queries.redis)
+            firing = {alert: wait_until_fired(prometheus, alert) for alert in SIGNAL_ALERTS}
+
+    labels = {"__name__": "ALERTS", "alertstate": "firing", "severity": "warning"}
+    queue = {"queue_name": worker.queue}
+    assert firing == {
+        "CeleryTaskRunningTooLong": [
+            {
+                **labels,
+                "alertname": "CeleryTaskRunningTooLong",
+                "name": f"{T}sleep",
+                "hostname": worker.hostname,
+                **queue,
+            }
+        ],
+        "CeleryQueueLatencyHigh": [{**labels, "alertname": "CeleryQueueLatencyHigh", **queue}],
+        "CeleryQueueUnackedAgeHigh": [
+            {**labels, "alertname": "CeleryQueueUnackedAgeHigh", **queue}
+        ],
+        "CeleryWorkerPoolProcessMemoryHigh": [
+            {
+                **labels,
+                "alertname": "CeleryWorkerPoolProcessMemoryHigh",
+                "hostname": worker.hostname,
+                "process_index": "0",
+            }
+        ],
+    }
 
 
 @pytest.mark.slow

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.monitoring.promql import exposed_names, metric_names, needs_exporter, substitute
+from tests.monitoring.promql import (
+    exposed_names,
+    metric_names,
+    needs_exporter,
+    needs_redis,
+    substitute,
+)
 
 
 def test_metric_names_skip_functions_keywords_labels_strings_and_durations() -> None:
@@ -31,6 +37,15 @@ def test_exporter_only_queries_are_told_apart_from_worker_ones() -> None:
     assert needs_exporter("queue_name:celery_alert_queue_backlog_messages:threshold")
     assert not needs_exporter("hostname:celery_worker_tasks_active:max")
     assert not needs_exporter('sum(rate(celery_task_started_total{name=~"$task"}[1m]))')
+
+
+def test_redis_only_queries_are_told_apart_from_other_exporter_ones() -> None:
+    assert needs_redis("queue_name:celery_queue_latency_seconds:max")
+    assert needs_redis("max by (queue_name) (celery_queue_unacked_messages)")
+    # Through a record computed from another record.
+    assert needs_redis("queue_name:celery_alert_queue_unacked_oldest_seconds:threshold")
+    assert not needs_redis("queue_name:celery_queue_length:max")
+    assert not needs_redis("hostname_name_queue_name:celery_task_longest_running_seconds:max")
 
 
 def test_substitute_fills_grafana_variables_and_refuses_unknown_ones() -> None:

@@ -110,6 +110,10 @@ def test_threshold_overrides_record_defaults_with_one_label() -> None:
         "celery_alert:beat_entry_lateness_seconds:threshold",
         "celery_alert:beat_entry_overdue_seconds:threshold",
         "celery_alert:beat_tick_age_seconds:threshold",
+        "celery_alert:queue_latency_seconds:threshold",
+        "celery_alert:queue_unacked_oldest_seconds:threshold",
+        "celery_alert:task_running_seconds:threshold",
+        "celery_alert:pool_process_memory_bytes:threshold",
     }
     for override in rules(THRESHOLDS_EXAMPLE):
         assert override["record"] in defaults

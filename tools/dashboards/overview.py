@@ -249,6 +249,64 @@ def workers(grid: Grid) -> None:
     )
 
 
+#: The signals row, a third of a row each: (title, description, query, legend, unit).
+SIGNAL_PANELS = (
+    (
+        "Queue latency",
+        "Age of the oldest message waiting in each queue (Redis; from the publish time "
+        "install(app) stamps). Growing without bound: nothing takes from the queue.",
+        "queue_name:celery_queue_latency_seconds:max",
+        "{{queue_name}}",
+        "s",
+    ),
+    (
+        "Unacknowledged messages",
+        "Messages workers took from each queue and have not acknowledged yet: prefetched, "
+        "ETA and countdown tasks, acks_late tasks running (Redis; SQS: in flight).",
+        "queue_name:celery_queue_unacked_messages:max",
+        "{{queue_name}}",
+        "short",
+    ),
+    (
+        "Oldest unacknowledged",
+        "Age of the oldest unacknowledged message of each queue (Redis). Past the "
+        "transport's visibility timeout Redis hands it to a worker again.",
+        "queue_name:celery_queue_unacked_oldest_seconds:max",
+        "{{queue_name}}",
+        "s",
+    ),
+    (
+        "Longest running by task and worker",
+        "How long the oldest execution of each task still running on each worker has run; "
+        "a line only while one runs.",
+        "hostname_name_queue_name:celery_task_longest_running_seconds:max",
+        "{{name}} on {{hostname}}",
+        "s",
+    ),
+    (
+        "Pool process memory",
+        "Resident memory of each prefork pool process, by worker and pool slot.",
+        "hostname_process_index:celery_worker_pool_process_resident_memory_bytes:max",
+        "{{hostname}} #{{process_index}}",
+        "bytes",
+    ),
+    (
+        "Pool processes started / min",
+        "Prefork pool processes started per minute by each worker: replacements of "
+        "processes recycled by --max-tasks-per-child or --max-memory-per-child, or crashed.",
+        "60 * hostname:celery_worker_pool_processes_started:rate5m",
+        "{{hostname}}",
+        "short",
+    ),
+)
+
+
+def signals(grid: Grid) -> None:
+    grid.add_row("Signals")
+    for title, description, expr, legend, unit in SIGNAL_PANELS:
+        grid.add(timeseries(title, description, [Query(expr, legend)], unit=unit, width=8))
+
+
 def beat(grid: Grid) -> None:
     grid.add_row("Beat")
     grid.add(
@@ -336,13 +394,13 @@ def tables(grid: Grid) -> None:
 
 def build() -> JSON:
     grid = Grid()
-    for section in (summary_stats, throughput, latency, queues, workers, beat, tables):
+    for section in (summary_stats, throughput, latency, queues, workers, signals, beat, tables):
         section(grid)
     return dashboard(
         UID,
         "Celery / Overview",
-        "Throughput, failures, latency, queues, workers and beat of a Celery deployment "
-        "(celery-prom).",
+        "Throughput, failures, latency, queues, workers, stuck tasks and messages, pool "
+        "memory and beat of a Celery deployment (celery-prom).",
         [datasource_variable()],
         grid,
     )

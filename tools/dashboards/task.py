@@ -169,6 +169,21 @@ def latency(grid: Grid) -> None:
             unit="s",
         )
     )
+    grid.add(
+        timeseries(
+            "Longest running",
+            "How long the oldest execution still running has run, per task and worker; a "
+            "line only while one runs. One that keeps rising is stuck.",
+            [
+                Query(
+                    f"max by (name, hostname) (celery_task_longest_running_seconds{{{SELECTOR}}})",
+                    "{{name}} on {{hostname}}",
+                )
+            ],
+            unit="s",
+            width=24,
+        )
+    )
 
 
 def workers(grid: Grid) -> None:
