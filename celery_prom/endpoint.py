@@ -61,7 +61,7 @@ class MetricsEndpoint:
         encode, content_type = choose_encoder(accept)
         openmetrics = content_type.startswith(OPENMETRICS)
         try:
-            body = self._tasks.render(openmetrics).encode("utf-8") + encode(self.registry)
+            body = self._tasks.render(openmetrics, end=encode(self.registry))
         except Exception as error:
             self._render_error = describe_error(error)
             raise
