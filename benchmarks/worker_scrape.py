@@ -16,7 +16,11 @@ scrapes, from a thread that competes with the consumer for the GIL. Throughput o
 what the scrapes add to it, is the steadier measure. The successes the worker counted are
 checked against the tasks sent after every batch.
 
-Run:  python benchmarks/worker_scrape.py [--names 2000] [--tasks 10000] [--rounds 5] [--rate 5]
+With ``--busy N`` the batches run the first N names only (the others' series stay on the
+page, unchanged): the cost of the page itself, apart from rendering changed series again.
+
+Run:  python benchmarks/worker_scrape.py [--names 2000] [--busy 2000] [--tasks 10000]
+                                          [--rounds 5] [--rate 5]
 """
 
 from __future__ import annotations
@@ -164,13 +168,14 @@ class BenchWorker:
     def warm_up(self) -> None:
         """One task of each name, so the store holds every name's series."""
         wait_for(lambda: metric_sum(self.port, SUCCEEDED) is not None, timeout=60, what="worker")
-        self.push(self.names)
+        self.push(self.names, self.names)
         self.wait_until_counted()
 
-    def run_batch(self, tasks: int, rate: float) -> tuple[Run, Scraper]:
-        """A batch of ``tasks``, scraped ``rate`` times a second (0: not at all)."""
+    def run_batch(self, tasks: int, busy: int, rate: float) -> tuple[Run, Scraper]:
+        """A batch of ``tasks`` over the first ``busy`` names, scraped ``rate`` times a
+        second (0: not at all)."""
         with Scraper(self.port, rate) as scraper:
-            self.push(tasks)
+            self.push(tasks, busy)
             start = time_when_below(self.client, self.queue, 0.9 * tasks)
             cpu_start = process_cpu(self.process.pid)
             end = time_when_below(self.client, self.queue, 0.1 * tasks)
@@ -179,11 +184,11 @@ class BenchWorker:
         scrapes = scraper.ended_between(start, end)
         return Run(0.8 * tasks, end - start, cpu_end - cpu_start, scrapes), scraper
 
-    def push(self, tasks: int) -> None:
-        """``tasks`` no-op tasks cycling through the names, onto the queue in one command
-        (so the worker never sees a part of the batch)."""
+    def push(self, tasks: int, names: int) -> None:
+        """``tasks`` no-op tasks cycling through the first ``names`` names, onto the queue
+        in one command (so the worker never sees a part of the batch)."""
         messages = [
-            json.dumps(envelope(self.queue, f"cptest_names.task_{index % self.names:04}"))
+            json.dumps(envelope(self.queue, f"cptest_names.task_{index % names:04}"))
             for index in range(tasks)
         ]
         self.client.lpush(PREFIX + self.queue, *messages)
@@ -208,13 +213,15 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10000, help="tasks per batch (10000)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (5)")
     parser.add_argument("--rate", type=float, default=5.0, help="scrapes per second (5)")
+    parser.add_argument("--busy", type=int, help="names the batches run (all)")
     options = parser.parse_args()
     client = redis.Redis(host="127.0.0.1", port=6379, db=DB)
     with tempfile.TemporaryDirectory() as logs:
         worker = BenchWorker.start(client, options.names, Path(logs) / "worker.log")
         try:
             worker.warm_up()
-            runs = _rounds(worker, options.tasks, options.rounds, options.rate)
+            busy = options.busy or options.names
+            runs = _rounds(worker, (options.tasks, busy), options.rounds, options.rate)
         finally:
             stop_process(worker.process, 60)
             leftovers = list(client.scan_iter(match=f"{PREFIX}*"))
@@ -222,18 +229,22 @@ def main() -> None:
                 client.delete(*leftovers)
     _report(runs, options.rate)
     print(
-        f"(no-op tasks over {options.names} task names, prefork -c 2, Redis, "
-        f"{options.tasks} tasks x {options.rounds} rounds, medians)"
+        f"(no-op tasks of {options.busy or options.names} of {options.names} task names, "
+        f"prefork -c 2, Redis, {options.tasks} tasks x {options.rounds} rounds, medians)"
     )
 
 
-def _rounds(worker: BenchWorker, tasks: int, rounds: int, rate: float) -> dict[str, list[Run]]:
-    """Both configs each round, the first of them alternating."""
+def _rounds(
+    worker: BenchWorker, batch: tuple[int, int], rounds: int, rate: float
+) -> dict[str, list[Run]]:
+    """Both configs each round, the first of them alternating; ``batch`` is (tasks, names
+    they cycle through)."""
+    tasks, busy = batch
     runs: dict[str, list[Run]] = {"quiet": [], "scraped": []}
     for round_number in range(rounds):
         order = ["quiet", "scraped"] if round_number % 2 == 0 else ["scraped", "quiet"]
         for config in order:
-            run, scraper = worker.run_batch(tasks, rate if config == "scraped" else 0.0)
+            run, scraper = worker.run_batch(tasks, busy, rate if config == "scraped" else 0.0)
             runs[config].append(run)
             print(f"round {round_number + 1} {config:8s} {run}", flush=True)
             if scraper.page and round_number == 0:
