@@ -15,7 +15,7 @@ server scraped in both renders a changed series once per format.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from operator import itemgetter
 
 from celery_prom import metrics
@@ -51,11 +51,13 @@ class TaskExposition:
         # Concurrent scrapes would render the same changed series twice; one at a time.
         self._lock = threading.Lock()
 
-    def render(self, openmetrics: bool = False, end: bytes = b"") -> bytes:
-        """The task families in UTF-8, followed by ``end`` (the rest of the page).
+    def render(self, openmetrics: bool = False, rest: Callable[[], bytes] = bytes) -> bytes:
+        """The task families in UTF-8, followed by what ``rest()`` renders (the rest of the
+        page; by default nothing), which is called once the task series are read.
 
-        ``end`` is joined in the same copy: at 2,000 task names the page is 14 MB, and each
-        copy of it costs a scrape more than a millisecond (benchmarks/worker_scrape.py).
+        In that order a page never shows a task's success without what the task counted
+        itself before it succeeded. And the rest joins in the same copy: at 2,000 task names
+        the page is 14 MB, and each copy of it costs a scrape over a millisecond.
         """
         with self._lock:
             chunks = self._current_chunks(openmetrics)
@@ -63,7 +65,7 @@ class TaskExposition:
         for index, family in enumerate(_TASK_FAMILIES):
             parts.append(_header(family, openmetrics).encode())
             parts.extend(map(itemgetter(index), chunks))
-        parts.append(end)
+        parts.append(rest())
         return b"".join(parts)
 
     def _current_chunks(self, openmetrics: bool) -> list[tuple[bytes, ...]]:

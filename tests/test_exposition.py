@@ -67,7 +67,7 @@ def test_text_matches_prometheus_client() -> None:
 def test_openmetrics_matches_prometheus_client() -> None:
     store = filled_store()
 
-    rendered = TaskExposition(store).render(openmetrics=True, end=OPENMETRICS_END).decode()
+    rendered = TaskExposition(store).render(openmetrics=True, rest=lambda: OPENMETRICS_END).decode()
 
     expected = samples_of(parse_openmetrics(reference(store, True)))
     assert samples_of(parse_openmetrics(rendered)) == expected
@@ -93,7 +93,7 @@ def exemplars_of(openmetrics_text: str) -> Exemplars:
 def test_openmetrics_exemplars_match_prometheus_client() -> None:
     store = filled_store()
 
-    rendered = TaskExposition(store).render(openmetrics=True, end=OPENMETRICS_END).decode()
+    rendered = TaskExposition(store).render(openmetrics=True, rest=lambda: OPENMETRICS_END).decode()
 
     found = exemplars_of(rendered)
     assert found == exemplars_of(reference(store, True))
@@ -126,7 +126,7 @@ def test_a_new_exemplar_shows_in_the_next_openmetrics_render() -> None:
 
     store.count_success(("app.add", "celery@a", "celery"), 0.05, "t-new")
     text = exposition.render(openmetrics=False).decode()
-    rendered = exposition.render(openmetrics=True, end=OPENMETRICS_END).decode()
+    rendered = exposition.render(openmetrics=True, rest=lambda: OPENMETRICS_END).decode()
 
     assert 'le="0.1"} 2.0 # {task_id="t-new"} 0.05 ' in rendered
     assert "t-new" not in text

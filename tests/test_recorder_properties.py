@@ -117,7 +117,7 @@ def test_any_events_leave_a_renderable_store(sequence: list[Any]) -> None:
     target(float(len(store.versions())))  # steer towards sequences that record series
     text = TaskExposition(store).render().decode()
     list(parse_text(text))
-    openmetrics = TaskExposition(store).render(openmetrics=True, end=b"# EOF\n").decode()
+    openmetrics = TaskExposition(store).render(openmetrics=True, rest=lambda: b"# EOF\n").decode()
     list(parse_openmetrics(openmetrics))
 
 
@@ -131,5 +131,5 @@ def test_promtool_accepts_whatever_was_recorded(sequence: list[Any]) -> None:
     registry = CollectorRegistry()
     registry.register(recorder)
 
-    text = TaskExposition(store).render(end=generate_latest(registry)).decode()
+    text = TaskExposition(store).render(rest=lambda: generate_latest(registry)).decode()
     assert promtool_check_metrics(text) == []
