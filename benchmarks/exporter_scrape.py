@@ -121,7 +121,7 @@ def in_process(names: int, workers: int) -> dict[str, object]:
             durations += timed(exposition.render, runs=1)
         result[f"incremental_{int(fraction * 100)}pct_changed"] = durations
         print(f"  TaskExposition, {fraction:4.0%} changed       {describe(durations)}")
-    page = exposition.render().encode()
+    page = exposition.render()
     for level in (GZIP_LEVEL, 9):
         durations = timed(functools.partial(gzip.compress, page, compresslevel=level), runs=3)
         size = len(gzip.compress(page, compresslevel=level))

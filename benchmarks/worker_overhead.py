@@ -72,8 +72,8 @@ CONFIGS = {
 }
 
 
-def envelope(queue: str) -> dict[str, object]:
-    """A task message for ``cptest_tasks.noop`` as kombu's Redis transport stores it."""
+def envelope(queue: str, task: str = "cptest_tasks.noop") -> dict[str, object]:
+    """A message of ``task`` without arguments as kombu's Redis transport stores it."""
     embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
     body = base64.b64encode(json.dumps([[], {}, embed]).encode()).decode()
     task_id = str(uuid.uuid4())
@@ -83,7 +83,7 @@ def envelope(queue: str) -> dict[str, object]:
         "content-type": "application/json",
         "headers": {
             "lang": "py",
-            "task": "cptest_tasks.noop",
+            "task": task,
             "id": task_id,
             "shadow": None,
             "eta": None,
@@ -167,9 +167,9 @@ def run_once(client: redis.Redis, config: str, tasks: int, logdir: Path) -> Run:
     preload(client, queue, tasks)
     worker, port = start_worker(config, queue, logdir / f"{config}-{queue}.log")
     try:
-        start = _time_when_below(client, queue, 0.9 * tasks)
+        start = time_when_below(client, queue, 0.9 * tasks)
         main_start, pool_start = _cpu_seconds(worker.pid)
-        end = _time_when_below(client, queue, 0.1 * tasks)
+        end = time_when_below(client, queue, 0.1 * tasks)
         main_end, pool_end = _cpu_seconds(worker.pid)
         measured = 0.8 * tasks
         if config == "bootstep":
@@ -201,9 +201,9 @@ def count_instructions(client: redis.Redis, config: str, tasks: int, logdir: Pat
     )
     worker, _ = start_worker(config, queue, logdir / f"{config}-{queue}.log", wrapper)
     try:
-        _time_when_below(client, queue, 0.9 * tasks)
+        time_when_below(client, queue, 0.9 * tasks)
         first = _switch_counting(worker.pid, "on", client, queue)
-        _time_when_below(client, queue, 0.3 * tasks)
+        time_when_below(client, queue, 0.3 * tasks)
         last = _switch_counting(worker.pid, "off", client, queue)
     finally:
         stop_process(worker, 300)  # callgrind writes the counts as the worker exits
@@ -227,16 +227,18 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
     """CPU time (user + system) of a process and, separately, of its children."""
     children_file = Path(f"/proc/{pid}/task/{pid}/children")
     children = [int(child) for child in children_file.read_text().split()]
-    return _process_cpu(pid), sum(_process_cpu(child) for child in children)
+    return process_cpu(pid), sum(process_cpu(child) for child in children)
 
 
-def _process_cpu(pid: int) -> float:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) that process ``pid``, all its threads, used so far."""
     # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def _time_when_below(client: redis.Redis, queue: str, level: float) -> float:
+def time_when_below(client: redis.Redis, queue: str, level: float) -> float:
+    """When (on the monotonic clock) ``queue`` first holds fewer than ``level`` messages."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if client.llen(PREFIX + queue) < level:

@@ -8,6 +8,7 @@ serve its ``render``; its ``health`` adds whether the last render worked to thei
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -61,7 +62,7 @@ class MetricsEndpoint:
         encode, content_type = choose_encoder(accept)
         openmetrics = content_type.startswith(OPENMETRICS)
         try:
-            body = self._tasks.render(openmetrics).encode("utf-8") + encode(self.registry)
+            body = self._tasks.render(openmetrics, rest=functools.partial(encode, self.registry))
         except Exception as error:
             self._render_error = describe_error(error)
             raise

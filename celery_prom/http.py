@@ -305,7 +305,9 @@ class _Handler(BaseHTTPRequestHandler):
         extra_headers: Mapping[str, str] | None = None,
     ) -> None:
         if len(body) > 1024 and gzip_accepted(self.headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+            # mtime=0: from Python 3.11 one pass over the body, zlib writing the gzip header
+            # and checksum itself (with a timestamp, gzip reads the body again for the checksum).
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
             encoding: str | None = "gzip"
         else:
             encoding = None

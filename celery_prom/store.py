@@ -129,6 +129,8 @@ class TaskStore:
         self._hostnames = CappedValues(limits.hostnames)
         self._exceptions = CappedValues(limits.exceptions)
         self._series: dict[SeriesKey, TaskSeries] = {}
+        #: Whether a series arrived since ``_series`` was last put in key order.
+        self._unsorted = False
         self._lock = threading.Lock()
 
     # -- recording -------------------------------------------------------------------------
@@ -182,9 +184,12 @@ class TaskStore:
     def versions(self) -> list[tuple[SeriesKey, int]]:
         """Each series' key and version, sorted by key (the exposition order)."""
         with self._lock:
-            items = [(key, series.version) for key, series in self._series.items()]
-        items.sort()
-        return items
+            if self._unsorted:
+                # Sorted once per new series rather than on every scrape: the set of series
+                # rarely changes, and sorting 2,000 keys costs a scrape about a millisecond.
+                self._series = dict(sorted(self._series.items()))  # keys are unique
+                self._unsorted = False
+            return [(key, series.version) for key, series in self._series.items()]
 
     def snapshot(self, key: SeriesKey) -> SeriesSnapshot | None:
         with self._lock:
@@ -254,6 +259,7 @@ class TaskStore:
                 capped, len(self.runtime_bounds) + 1, len(self.queue_wait_bounds) + 1
             )
             self._series[capped] = series
+            self._unsorted = True
         return series
 
 

@@ -66,6 +66,28 @@ def test_the_page_is_the_task_series_then_the_registry(endpoint: MetricsEndpoint
     assert endpoint.store.runtime_bounds == (1.0,)
 
 
+class CountingTask:
+    """A collector that, as a task counting its own metric, records a success when read."""
+
+    def __init__(self, endpoint: MetricsEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def collect(self) -> Iterator[Metric]:
+        self.endpoint.store.count_success(("app.add", "w@h", "celery"), None)
+        yield GaugeMetricFamily("demo_counted", "Read after the task series.", value=1)
+
+
+def test_the_registry_is_read_after_the_task_series(endpoint: MetricsEndpoint) -> None:
+    endpoint.registry.register(CountingTask(endpoint))
+
+    text = endpoint.render("")[0].decode()
+
+    # The success recorded while the registry was read is not on this page, only the next.
+    assert "celery_task_succeeded_total{" not in text
+    assert "\ndemo_counted 1.0\n" in text
+    assert 'name="app.add"' in endpoint.render("")[0].decode()
+
+
 @pytest.mark.parametrize(
     "accept",
     [

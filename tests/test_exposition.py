@@ -16,7 +16,7 @@ from tests.support import promtool_check_metrics
 Samples = set[tuple[str, tuple[tuple[str, str], ...], float]]
 #: (bucket sample, its labels, exemplar labels, exemplar value, timestamp in ms)
 Exemplars = set[tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], float, int]]
-OPENMETRICS_END = "# EOF\n"  # the end of the page, written after the registry's families
+OPENMETRICS_END = b"# EOF\n"  # the end of the page, written after the registry's families
 
 
 def filled_store(task_ids: bool = True) -> TaskStore:
@@ -59,7 +59,7 @@ def reference(store: TaskStore, openmetrics: bool) -> str:
 def test_text_matches_prometheus_client() -> None:
     store = filled_store()
 
-    rendered = TaskExposition(store).render(openmetrics=False)
+    rendered = TaskExposition(store).render(openmetrics=False).decode()
 
     assert samples_of(parse_text(rendered)) == samples_of(parse_text(reference(store, False)))
 
@@ -67,7 +67,7 @@ def test_text_matches_prometheus_client() -> None:
 def test_openmetrics_matches_prometheus_client() -> None:
     store = filled_store()
 
-    rendered = TaskExposition(store).render(openmetrics=True) + OPENMETRICS_END
+    rendered = TaskExposition(store).render(openmetrics=True, rest=lambda: OPENMETRICS_END).decode()
 
     expected = samples_of(parse_openmetrics(reference(store, True)))
     assert samples_of(parse_openmetrics(rendered)) == expected
@@ -93,7 +93,7 @@ def exemplars_of(openmetrics_text: str) -> Exemplars:
 def test_openmetrics_exemplars_match_prometheus_client() -> None:
     store = filled_store()
 
-    rendered = TaskExposition(store).render(openmetrics=True) + OPENMETRICS_END
+    rendered = TaskExposition(store).render(openmetrics=True, rest=lambda: OPENMETRICS_END).decode()
 
     found = exemplars_of(rendered)
     assert found == exemplars_of(reference(store, True))
@@ -111,9 +111,10 @@ def test_openmetrics_exemplars_match_prometheus_client() -> None:
 
 
 def test_the_text_format_has_no_exemplars() -> None:
-    with_ids = TaskExposition(filled_store()).render(openmetrics=False)
+    with_ids = TaskExposition(filled_store()).render(openmetrics=False).decode()
 
-    assert with_ids == TaskExposition(filled_store(task_ids=False)).render(openmetrics=False)
+    without_ids = TaskExposition(filled_store(task_ids=False)).render(openmetrics=False)
+    assert with_ids == without_ids.decode()
     assert " # " not in with_ids
 
 
@@ -124,12 +125,12 @@ def test_a_new_exemplar_shows_in_the_next_openmetrics_render() -> None:
     exposition.render(openmetrics=False)
 
     store.count_success(("app.add", "celery@a", "celery"), 0.05, "t-new")
-    text = exposition.render(openmetrics=False)
-    rendered = exposition.render(openmetrics=True)
+    text = exposition.render(openmetrics=False).decode()
+    rendered = exposition.render(openmetrics=True, rest=lambda: OPENMETRICS_END).decode()
 
     assert 'le="0.1"} 2.0 # {task_id="t-new"} 0.05 ' in rendered
     assert "t-new" not in text
-    assert exemplars_of(rendered + OPENMETRICS_END) == exemplars_of(reference(store, True))
+    assert exemplars_of(rendered) == exemplars_of(reference(store, True))
 
 
 def test_changes_after_a_render_show_in_the_next_one() -> None:
@@ -141,19 +142,19 @@ def test_changes_after_a_render_show_in_the_next_one() -> None:
     store.forget_hostname("celery@b")
     store.count(("app.new", "celery@c", "celery"), RECEIVED)
 
-    assert samples_of(parse_text(exposition.render())) == samples_of(
+    assert samples_of(parse_text(exposition.render().decode())) == samples_of(
         parse_text(reference(store, False))
     )
 
 
 def test_an_empty_store_still_describes_its_families() -> None:
-    text = TaskExposition(TaskStore()).render()
+    text = TaskExposition(TaskStore()).render().decode()
 
     assert "# TYPE celery_task_failed_total counter\n" in text
     assert samples_of(parse_text(text)) == set()
 
 
 def test_promtool_accepts_the_exposition() -> None:
-    text = TaskExposition(filled_store()).render()
+    text = TaskExposition(filled_store()).render().decode()
 
     assert promtool_check_metrics(text) == []

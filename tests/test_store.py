@@ -33,6 +33,18 @@ def test_each_label_set_gets_its_own_series() -> None:
     assert snap.counters[RECEIVED] == 2
 
 
+def test_series_are_listed_in_key_order_whatever_order_they_arrived_in() -> None:
+    store = TaskStore()
+    for name in ("c", "a", "b"):
+        store.count((name, "celery@a", "celery"), RECEIVED)
+    first = [key[0] for key, _ in store.versions()]
+    store.count(("a0", "celery@a", "celery"), RECEIVED)
+    store.count(("c", "celery@a", "celery"), RECEIVED)  # a series that changes keeps its place
+
+    assert first == ["a", "b", "c"]
+    assert [key[0] for key, _ in store.versions()] == ["a", "a0", "b", "c"]
+
+
 def test_observations_fall_into_le_buckets() -> None:
     store = TaskStore(runtime_buckets=(0.1, 1.0))
     for runtime in (0.05, 0.1, 0.5, 1.0, 7.0):
