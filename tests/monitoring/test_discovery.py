@@ -71,20 +71,30 @@ def test_prometheus_scrapes_the_workers_the_exporter_hears_and_drops_one_that_st
                 for target in prometheus.active_targets("celery-worker")
             }
 
+        def celery_labels() -> dict[str, dict[str, str]]:
+            """Address -> the __meta_celery_ labels Prometheus discovered for it."""
+            return {
+                target["labels"]["instance"]: {
+                    name: value
+                    for name, value in target["discoveredLabels"].items()
+                    if name.startswith("__meta_celery_")
+                }
+                for target in prometheus.active_targets("celery-worker")
+            }
+
         wait_for(
             lambda: scraped() == {address(staying): "up", address(leaving): "up"},
             what="Prometheus to scrape both workers",
         )
-        discovered = {
-            target["labels"]["instance"]: target["discoveredLabels"]
-            for target in prometheus.active_targets("celery-worker")
-        }
-        for worker in (staying, leaving):
-            assert {
-                name: value
-                for name, value in discovered[address(worker)].items()
-                if name.startswith("__meta_celery_")
-            } == group(worker)["labels"]
+        # A worker's queues reach /sd/workers once the exporter has asked for them, which
+        # may be a discovery refresh after the worker itself was listed.
+        wait_for(
+            lambda: (
+                celery_labels()
+                == {address(worker): group(worker)["labels"] for worker in (staying, leaving)}
+            ),
+            what="Prometheus to discover each worker's hostname and queues",
+        )
         # The workers' own hostname labels are kept as they are (no exported_hostname).
         info = prometheus.query('celery_worker_info{job="celery-worker"}')
         assert sorted((s["metric"]["instance"], s["metric"]["hostname"]) for s in info) == sorted(
