@@ -233,7 +233,7 @@ WORKER_TASKS_RESERVED = Family(
 WORKER_POOL_PROCESSES = Family(
     "celery_worker_pool_processes",
     MetricType.GAUGE,
-    "Pool processes (or threads) alive and able to run tasks.",
+    "Prefork: pool processes alive; other pools: the concurrency (threads or greenlets).",
     ("hostname",),
     ServedBy.WORKER,
 )
