@@ -287,6 +287,9 @@ QUEUE_LATENCY = Family(
     ServedBy.EXPORTER,
     unit="seconds",
 )
+#: Value that replaces a label value once its cardinality cap is reached.
+OVERFLOW_LABEL_VALUE = "_other"
+
 #: On Redis, the unacknowledged messages the exporter reads per scrape: the oldest ones, by
 #: delivery time. The others are counted, unattributed, under ``OVERFLOW_LABEL_VALUE``.
 MAX_UNACKED_READ = 1000
@@ -296,8 +299,8 @@ QUEUE_UNACKED = Family(
     "Messages delivered to consumers and not yet acknowledged, read at scrape time. Redis: "
     "prefetched by workers or running with acks_late, by routing key; the "
     f"{MAX_UNACKED_READ:,} delivered first are attributed, those of queues not reported "
-    'and those past that bound count under queue_name="_other" (a series only while it '
-    "counts some). SQS: in flight.",
+    f'and those past that bound count under queue_name="{OVERFLOW_LABEL_VALUE}" (a series '
+    "only while it counts some). SQS: in flight.",
     ("queue_name",),
     ServedBy.EXPORTER,
 )
@@ -493,9 +496,6 @@ BEAT_INFO = Family(
     ("scheduler",),
     ServedBy.BEAT,
 )
-
-#: Value that replaces a label value once its cardinality cap is reached.
-OVERFLOW_LABEL_VALUE = "_other"
 
 #: Label values longer than this are dropped as invalid, never truncated into collisions.
 MAX_LABEL_VALUE_LENGTH = 256
